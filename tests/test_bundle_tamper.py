@@ -92,8 +92,10 @@ def test_one_byte_flipped_in_each_member_in_turn(bundle: Path, refused) -> None:
     for member in tc.members(data):
         if member.name == SIGNATURES_NAME:
             body = data[member.data : member.data + member.size]
-            offset = member.data + body.index(b'"signature":"') + 20
-            refused(tc.flip(data, offset), "signature", "manifest.json", "does not verify")
+            offset = member.data + body.rindex(b'"signature":"') + 20
+            swapped = b"B" if data[offset : offset + 1] == b"A" else b"A"  # stays base64
+            tampered = data[:offset] + swapped + data[offset + 1 :]
+            refused(tampered, "signature", "manifest.json", "does not verify")
         elif member.name == MANIFEST_NAME:
             refused(
                 tc.flip(data, member.data + member.size // 2),
