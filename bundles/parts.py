@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -178,7 +179,15 @@ class PartsSource:
         self._left = 0
         self._digest = hashlib.sha256()
         self._bad: list[str] = []
+        # each chunk is hashed twice (part, member): the part hash runs on a second core
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="pai-part-hash")
+        self._pending: Future[None] | None = None
         self._next_part()
+
+    def _settle(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
 
     def _next_part(self) -> None:
         if self._handle is not None:
@@ -198,6 +207,7 @@ class PartsSource:
             self._part_done()
 
     def _part_done(self) -> None:
+        self._settle()
         part, _path = self._located[self._index]
         bad = self._digest.hexdigest() != part["sha256"]
         self._next_part()
@@ -221,6 +231,8 @@ class PartsSource:
             self.readinto(buffer)
 
     def readinto(self, buffer: memoryview) -> int:
+        """Read into ``buffer``; its bytes stay valid until the next read (hashed meanwhile)."""
+        self._settle()
         while self._handle is not None and self._left == 0:
             self._part_done()
         if self._handle is None:
@@ -229,7 +241,10 @@ class PartsSource:
         n = self._handle.readinto(view)  # type: ignore[attr-defined]
         if not n:
             raise PartCorruptError(f"part {self._located[self._index][0]['name']} is truncated")
-        self._digest.update(view[:n])
+        if n >= 65536:
+            self._pending = self._pool.submit(self._digest.update, view[:n])
+        else:
+            self._digest.update(view[:n])
         self._left -= n
         self._progress(n)
         if self._left == 0:
@@ -264,6 +279,8 @@ class PartsSource:
             raise self._corrupt()
 
     def close(self) -> None:
+        self._pending = None
+        self._pool.shutdown(wait=True)
         if self._handle is not None:
             self._handle.close()
             self._handle = None
