@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -36,13 +37,25 @@ from pai.trust import TrustStore
 MIB = 1024 * 1024
 
 
-def best(repeat: int, action: Callable[[], object]) -> float:
-    times = []
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its waited-for children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def best(repeat: int, action: Callable[[], object]) -> tuple[float, float]:
+    """(wall, cpu) seconds of the fastest of ``repeat`` runs.
+
+    CPU seconds are reported too because this machine's cores are shared: wall-clock ratios
+    move with the neighbours' load, CPU-time ratios much less.
+    """
+    runs = []
     for _ in range(repeat):
-        started = time.perf_counter()
+        cpu, started = cpu_seconds(), time.perf_counter()
         action()
-        times.append(time.perf_counter() - started)
-    return min(times)
+        runs.append((time.perf_counter() - started, cpu_seconds() - cpu))
+    return min(runs)
 
 
 def make_folder(folder: Path, total_mib: int) -> None:
@@ -90,7 +103,7 @@ def main() -> None:
         signer = keyring.load_signer(p)
         env = {**os.environ, "PAI_HOME": str(home)}
         verify_cmd = [sys.executable, "-m", "pai.cli", "bundle", "verify"]
-        rows: list[tuple[str, str, str, str]] = []
+        rows: list[tuple[str, ...]] = []
         rss: dict[int, float] = {}
         for size in (args.small_mib, args.size_mib):
             folder = work / f"payload-{size}"
@@ -130,19 +143,26 @@ def main() -> None:
             parts = sorted(work.glob(f"{bundle.name}.part[0-9]*"))
             t_parts = best(args.repeat, lambda ps=parts: verify_bundle(ps, trust))
 
-            def rate(seconds: float, n: int = nbytes) -> str:
-                return f"{n / seconds / MIB:,.0f} MiB/s"
+            def rate(t: tuple[float, float], n: int = nbytes) -> str:
+                return f"{n / t[0] / MIB:,.0f} MiB/s"
+
+            def ratio(base: tuple[float, float], ours: tuple[float, float]) -> str:
+                return f"{base[0] / ours[0]:.2f}x"
+
+            def cpu_ratio(base: tuple[float, float], ours: tuple[float, float]) -> str:
+                return f"{base[1] / ours[1]:.2f}x"
 
             gib = f"{nbytes / (1024 * MIB):.2f} GiB"
+            ossl = f"openssl dgst -sha256 {rate(t_openssl)}"
             rows += [
-                (f"verify {gib}", rate(t_verify), f"openssl dgst -sha256 {rate(t_openssl)}",
-                 f"{t_openssl / t_verify:.2f}x (target >= 0.85x)"),
-                (f"verify {gib} as {len(parts)} parts", rate(t_parts),
-                 f"openssl dgst -sha256 {rate(t_openssl)}", f"{t_openssl / t_parts:.2f}x"),
+                (f"verify {gib}", rate(t_verify), ossl, ratio(t_openssl, t_verify),
+                 cpu_ratio(t_openssl, t_verify), ">= 0.85x"),
+                (f"verify {gib} as {len(parts)} parts", rate(t_parts), ossl,
+                 ratio(t_openssl, t_parts), cpu_ratio(t_openssl, t_parts), ""),
                 (f"pack {gib} (fsynced)", rate(t_pack), f"tar -cf {rate(t_tar)}",
-                 f"{t_tar / t_pack:.2f}x (target >= 0.7x)"),
+                 ratio(t_tar, t_pack), cpu_ratio(t_tar, t_pack), ">= 0.7x"),
                 (f"pack {gib} (fsynced)", rate(t_pack), f"tar -cf + sync {rate(t_tar_sync)}",
-                 f"{t_tar_sync / t_pack:.2f}x"),
+                 ratio(t_tar_sync, t_pack), cpu_ratio(t_tar_sync, t_pack), ""),
             ]  # fmt: skip
         small, large = rss[args.small_mib], rss[args.size_mib]
         rows.append(
@@ -151,12 +171,12 @@ def main() -> None:
                 f"{small:.0f} MB -> {large:.0f} MB",
                 "limit 150 MB, flat",
                 f"{large / small:.2f}x growth",
+                "",
+                "< 150 MB",
             )
         )
-        widths = [
-            max(len(r[i]) for r in [*rows, ("case", "pai", "baseline", "ratio")]) for i in range(4)
-        ]
-        header = ("case", "pai", "baseline", "ratio")
+        header = ("case", "pai", "baseline", "wall ratio", "cpu ratio", "target")
+        widths = [max(len(r[i]) for r in [*rows, header]) for i in range(len(header))]
         for row in [header, tuple("-" * w for w in widths), *rows]:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
     finally:

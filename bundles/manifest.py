@@ -174,6 +174,7 @@ def validate(doc: Any) -> dict[str, Any]:
     _require(isinstance(files, list), "files must be a list")
     assert isinstance(files, list)
     previous: bytes | None = None
+    seen: set[str] = set()
     total = 0
     for index, entry in enumerate(files):
         _require(isinstance(entry, dict), f"files[{index}] is not an object")
@@ -182,6 +183,12 @@ def validate(doc: Any) -> dict[str, Any]:
         problem = path_problem(path)
         _require(problem is None, f"files[{index}] {path!r}: {problem}")
         _require(path not in RESERVED_NAMES, f"files[{index}] uses reserved name {path!r}")
+        parents = path.split("/")[:-1]
+        _require(
+            not any("/".join(parents[: i + 1]) in seen for i in range(len(parents))),
+            f"files[{index}] {path!r} lies below another listed file",
+        )
+        seen.add(path)
         key = sort_key(path)
         _require(previous is None or key > previous, f"files are not sorted/unique at {path!r}")
         previous = key

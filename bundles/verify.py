@@ -415,7 +415,6 @@ def run_verification(
                 except BundleError as exc:
                     src.blame_part(exc)
                     raise
-                src.finish()
                 verified.parts = [part["name"] for part in index["parts"]]
         else:
             assert bundle is not None

@@ -144,6 +144,10 @@ def test_split_verify_parts_and_join(cli, keys: Path, tmp_path: Path) -> None:
     assert by_index.exit_code == 0, by_index.output
     assert cli("bundle", "inspect", str(parts_dir / "big.pai.parts.json")).exit_code == 0
 
+    extracted = tmp_path / "from-parts"
+    assert cli("bundle", "extract", *map(str, parts), str(extracted)).exit_code == 0
+    assert (extracted / "models" / "minilm" / "big.bin").stat().st_size == 2_500_000
+
     joined = tmp_path / "joined.pai"
     assert cli("bundle", "join", *map(str, parts), "-o", str(joined)).exit_code == 0
     assert joined.read_bytes() == whole.read_bytes()
