@@ -259,6 +259,12 @@ class PartsSource:
             self._handle.close()
             self._handle = None
 
+    def __enter__(self) -> PartsSource:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
 
 def load_index(index_path: Path, trust: TrustStore, at: datetime) -> dict[str, Any]:
     """Read a parts index and check that a trusted key signed it; returns the body."""

@@ -142,7 +142,10 @@ def test_split_verify_parts_and_join(cli, keys: Path, tmp_path: Path) -> None:
     assert by_parts.json()["parts"] == [p.name for p in parts]
     by_index = cli("bundle", "verify", str(parts_dir / "big.pai.parts.json"), "--json")
     assert by_index.exit_code == 0, by_index.output
-    assert cli("bundle", "inspect", str(parts_dir / "big.pai.parts.json")).exit_code == 0
+    for first in (parts_dir / "big.pai.parts.json", parts[0]):
+        inspected = cli("bundle", "inspect", str(first), "--json")
+        assert inspected.exit_code == 0, inspected.output
+        assert inspected.json()["split_size"] == whole.stat().st_size
 
     extracted = tmp_path / "from-parts"
     assert cli("bundle", "extract", *map(str, parts), str(extracted)).exit_code == 0
