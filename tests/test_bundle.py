@@ -206,3 +206,29 @@ def test_verify_runs_offline_in_a_network_namespace(bundle: Path, pai_home: Path
     assert result.links == ["lo"]
     assert result.returncode == 0, result.stderr
     assert '"ok": true' in result.stdout
+
+
+def test_headers_hold_long_paths_and_huge_sizes() -> None:
+    """Paths over 100 bytes use the ustar prefix; sizes of 8 GiB and more use base-256."""
+    from pai.bundles import tarfmt
+
+    long_path = "models/" + "a" * 80 + "/" + "b" * 80 + "/weights.bin"
+    info = tarfile.TarInfo.frombuf(tarfmt.header(long_path, 5, 0o644, 0), "utf-8", "strict")
+    assert info.name == long_path and info.size == 5
+    huge = 10 * 1024**3
+    info = tarfile.TarInfo.frombuf(tarfmt.header("big.bin", huge, 0o644, 0), "utf-8", "strict")
+    assert info.size == huge
+    parsed = tarfmt.parse(tarfmt.header("big.bin", huge, 0o755, 0))
+    assert not isinstance(parsed, str) and parsed.size == huge
+
+
+def test_long_paths_round_trip(cli, keys: Path, tmp_path: Path) -> None:
+    source = make_payload(tmp_path / "payload")
+    deep = source / ("d" * 80) / ("e" * 80)
+    deep.mkdir(parents=True)
+    (deep / "file.txt").write_text("deep")
+    out = tmp_path / "long.pai"
+    assert pack(cli, source, out).exit_code == 0
+    dest = tmp_path / "x"
+    assert cli("bundle", "extract", str(out), str(dest)).exit_code == 0, "extract failed"
+    assert (dest / ("d" * 80) / ("e" * 80) / "file.txt").read_text() == "deep"
