@@ -232,3 +232,35 @@ def test_long_paths_round_trip(cli, keys: Path, tmp_path: Path) -> None:
     dest = tmp_path / "x"
     assert cli("bundle", "extract", str(out), str(dest)).exit_code == 0, "extract failed"
     assert (dest / ("d" * 80) / ("e" * 80) / "file.txt").read_text() == "deep"
+
+
+def test_pack_with_two_keys_two_of_two(cli, keys: Path, tmp_path: Path) -> None:
+    """--key twice with --threshold 2: both sign, the policy is in the signed manifest."""
+    import json
+    from datetime import timedelta
+
+    from pai.canonical import canonical_bytes
+    from pai.certs import issue_certificate
+    from pai.keys import generate, load_private, write_private
+
+    root = load_private(keys / "root.key")
+    second = generate("signing")
+    write_private(tmp_path / "second.key", second, None)
+    cert = issue_certificate(root, second.public, lifetime=timedelta(days=30))
+    (tmp_path / "second.cert").write_bytes(canonical_bytes(cert))
+    current = keys / "signing" / f"{(keys / 'current').read_text().strip()}.key"
+    out = tmp_path / "two.pai"
+    packed = pack(
+        cli, make_payload(tmp_path / "p"), out, "1.0.0",
+        "--key", str(current), "--key", str(tmp_path / "second.key"), "--threshold", "2",
+    )  # fmt: skip
+    assert packed.exit_code == 0, packed.output
+    verified = cli("bundle", "verify", str(out), "--json").json()
+    assert verified["threshold"] == 2 and len(verified["signers"]) == 2
+    policy = json.loads(cli("bundle", "inspect", str(out), "--json").stdout)["signature_policy"]
+    assert policy["threshold"] == 2 and second.kid in policy["signers"]
+    too_many = pack(
+        cli, make_payload(tmp_path / "q"), tmp_path / "x.pai", "1.0.0", "--threshold", "2"
+    )
+    assert too_many.exit_code == 2
+    assert "threshold 2 needs between 1 and 1 signers" in too_many.stderr
