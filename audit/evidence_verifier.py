@@ -164,8 +164,8 @@ def report_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
         )
         if not found:
             raise Failed("the HTML report has no embedded event list")
-        rows: list[dict[str, Any]] = json.loads(found.group(1))
-        return rows
+        embedded: list[dict[str, Any]] = json.loads(found.group(1))
+        return embedded
     raise Failed(f"unknown report format {fmt!r}")
 
 

@@ -57,7 +57,12 @@ th{position:static}}
 
 
 def _pill(outcome: str) -> str:
-    return f'<span class="pill" style="background:{COLORS.get(outcome, "#4a5568")}">{escape(outcome)}</span>'
+    color = COLORS.get(outcome, "#4a5568")
+    return f'<span class="pill" style="background:{color}">{escape(outcome)}</span>'
+
+
+def _short(text: str, limit: int = 140) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _days(events: list[Event], since: str | None, until: str | None, now: str) -> list[str]:
@@ -207,7 +212,8 @@ def html_report(events: list[Event], context: dict[str, Any]) -> str:
         or "none (all events of the period)"
     )
     cards = "".join(
-        f'<div class="card"><div class="n" style="color:{color}">{n}</div><div class="l">{label}</div></div>'
+        f'<div class="card"><div class="n" style="color:{color}">{n}</div>'
+        f'<div class="l">{label}</div></div>'
         for n, label, color in (
             (len(events), "events", "#1a365d"),
             (totals["ok"], "ok", COLORS["ok"]),
@@ -235,7 +241,7 @@ def html_report(events: list[Event], context: dict[str, Any]) -> str:
             f'<tr><td class="num mono">{e.seq}</td><td class="mono">{e.time}</td>'
             f'<td class="mono">{escape(e.actor)}</td><td class="mono">{escape(e.action)}</td>'
             f'<td class="mono">{escape(e.resource)}</td><td>{_pill(e.outcome)}</td>'
-            f'<td class="mono">{escape(e.details if len(e.details) <= 140 else e.details[:137] + "...")}</td>'
+            f'<td class="mono">{escape(_short(e.details))}</td>'
             f'<td class="mono" title="{e.hash}">{e.hash[:12]}</td></tr>'
             for e in events
         )
@@ -245,6 +251,8 @@ def html_report(events: list[Event], context: dict[str, Any]) -> str:
     embedded = embedded.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     legend = "".join(f'<span><i style="background:{COLORS[o]}"></i>{o}</span>' for o in OUTCOMES)
     node = context.get("node") or "unknown"
+    outcome_heads = "".join(f'<th class="num">{o}</th>' for o in OUTCOMES)
+    day_rows = day_rows or '<tr><td colspan="6">no events</td></tr>'
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -252,7 +260,8 @@ def html_report(events: list[Event], context: dict[str, Any]) -> str:
 <body><main>
 <header><div><h1>Audit log report</h1>
 <div class="sub">Period {period}</div><div class="sub">Filters: {filters}</div></div>
-<div class="meta">node key <span class="mono">{escape(node)}</span><br>generated {context["generated"]}
+<div class="meta">node key <span class="mono">{escape(node)}</span>
+<br>generated {context["generated"]}
 <br>{context["total_events"]} events in the whole log</div></header>
 <h2>Verification</h2>{_status(context["verification"], context.get("node"))}
 <div class="cards">{cards}</div>
@@ -260,9 +269,9 @@ def html_report(events: list[Event], context: dict[str, Any]) -> str:
 <div class="panel"><div class="legend">{legend}</div>{_chart(days, per_day)}</div>
 <div class="two" style="margin-top:16px">{_breakdown("By action", by_action)}
 {_breakdown("By actor", by_actor)}</div>
-<h2>Per day</h2><div class="panel"><table><thead><tr><th>day</th>
-{"".join(f'<th class="num">{o}</th>' for o in OUTCOMES)}<th class="num">total</th>
-<th>most frequent actions</th></tr></thead><tbody>{day_rows or '<tr><td colspan="6">no events</td></tr>'}</tbody></table></div>
+<h2>Per day</h2><div class="panel"><table><thead><tr><th>day</th>{outcome_heads}
+<th class="num">total</th><th>most frequent actions</th></tr></thead>
+<tbody>{day_rows}</tbody></table></div>
 <h2>Events ({len(events)})</h2><div class="panel"><table><thead><tr><th class="num">seq</th>
 <th>time (UTC)</th><th>actor</th><th>action</th><th>resource</th><th>outcome</th><th>details</th>
 <th>hash</th></tr></thead><tbody>{event_rows}</tbody></table></div>

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -558,7 +559,7 @@ def test_four_processes_append_concurrently_without_loss_or_fork(cli, pai_home: 
     assert per_writer == {f"w{i}": n for i, n in enumerate(counts)}
     # the writers interleaved: the chain alternates between them many times
     actors = [r[0] for r in sql(pai_home, "SELECT actor FROM events ORDER BY seq")]
-    switches = sum(1 for a, b in zip(actors, actors[1:]) if a != b)
+    switches = sum(1 for a, b in itertools.pairwise(actors) if a != b)
     assert switches >= 4
 
 
