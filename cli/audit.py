@@ -72,23 +72,16 @@ def checkpoint(json_out: bool = JSON_OPTION) -> None:
 
     set_json(json_out)
     p = paths()
+    # logged first, so the checkpoint covers its own event and verify has nothing unsigned
+    record_event("audit.checkpoint", resource="checkpoint", details={"trigger": "command"})
     doc, made = checkpoint_now(p)
     body = doc["body"]
-    if made:
-        record_event(
-            "audit.checkpoint",
-            resource=f"checkpoint:{body['seq']}",
-            details={"seq": body["seq"], "merkle_root": body["merkle_root"], "kid": body["kid"]},
-        )
+    fields = ("seq", "head_hash", "merkle_root", "time", "kid")
     emit(
-        {
-            "ok": True,
-            "new": made,
-            **{k: body[k] for k in ("seq", "head_hash", "merkle_root", "time", "kid")},
-        },
+        {"ok": True, "new": made, **{k: body[k] for k in fields}},
         lambda d: console.print(
-            f"{'signed' if d['new'] else 'already signed'} checkpoint at seq [bold]{d['seq']}[/] "
-            f"root {d['merkle_root'][:16]}… by key {d['kid']}"
+            f"signed checkpoint at seq [bold]{d['seq']}[/] root {d['merkle_root'][:16]}… "
+            f"by key {d['kid']}"
         ),
     )
 

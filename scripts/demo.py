@@ -47,6 +47,10 @@ def run(demo: Demo) -> None:
     demo.pai("keys", "init", home=build)
     demo.pai("keys", "trust", "add", str(build / "keys" / "root.pub"), home=site)
     demo.pai("keys", "trust", "list", home=site)
+    demo.pai("audit", "checkpoint", home=site)
+    demo.pai("audit", "verify", home=site)
+    report = demo.workdir / "audit-report.html"
+    demo.pai("audit", "export", "--format", "html", "-o", str(report), home=site)
 
 
 def main() -> None:

@@ -163,17 +163,17 @@ def test_checkpoint_command_signs_the_head(cli, pai_home: Path) -> None:
     made = cli("audit", "checkpoint", "--json")
     assert made.exit_code == 0, made.output
     doc = made.json()
-    assert doc["seq"] == 5 and doc["new"] is True
+    assert doc["seq"] == 6 and doc["new"] is True
     lines = (pai_home / "audit" / "checkpoints.jsonl").read_text().splitlines()
-    assert json.loads(lines[0])["body"]["seq"] == 5
+    assert json.loads(lines[0])["body"]["seq"] == 6
     assert (
         json.loads(lines[0])["body"]["kid"]
         == json.loads((pai_home / "keys" / "node.pub").read_text())["kid"]
     )
     ok = verify(cli)
     assert ok.exit_code == 0 and ok.json()["checkpoints"] == 1
-    # the checkpoint command logged itself after the checkpoint
-    assert ok.json()["events"] == 6
+    # the checkpoint covers the event that logs the checkpoint command
+    assert ok.json()["events"] == 6 and ok.json()["warnings"] == []
 
 
 def test_automatic_checkpoints_follow_config(cli, pai_home: Path) -> None:
@@ -203,7 +203,7 @@ def test_bad_checkpoint_config_does_not_lose_events(cli, pai_home: Path) -> None
 
 @pytest.fixture
 def signed_log(cli, pai_home: Path) -> Path:
-    """Ten events, a signed checkpoint at 10, then two more events."""
+    """Ten events, the checkpoint command's event 11 and a checkpoint there, then event 12."""
     fill(10)
     assert cli("audit", "checkpoint").exit_code == 0  # event 11 records the checkpoint
     fill(1)
@@ -221,7 +221,7 @@ def test_modified_and_rechained_row_is_caught_by_the_checkpoint(cli, signed_log:
     sql(signed_log, "UPDATE events SET details = '{\"i\":99}' WHERE seq = 4")
     rechain(signed_log)
     err = failure(verify(cli))
-    assert err["code"] == "audit-checkpoint-mismatch" and err["first_bad_seq"] == 10
+    assert err["code"] == "audit-checkpoint-mismatch" and err["first_bad_seq"] == 11
 
 
 def test_deleted_row_is_detected(cli, signed_log: Path) -> None:
@@ -254,7 +254,7 @@ def test_truncated_tail_is_detected(cli, signed_log: Path) -> None:
     sql(signed_log, "DELETE FROM events WHERE seq > 7")
     err = failure(verify(cli))
     assert err["code"] == "audit-truncated" and err["first_bad_seq"] == 8
-    assert "events 8..10 were removed" in err["message"]
+    assert "events 8..11 were removed" in err["message"]
 
 
 def test_truncation_is_detected_with_an_off_machine_copy(
@@ -274,10 +274,10 @@ def test_truncation_is_detected_with_an_off_machine_copy(
 def test_forged_checkpoint_is_detected(cli, signed_log: Path) -> None:
     path = signed_log / "audit" / "checkpoints.jsonl"
     doc = json.loads(path.read_text())
-    doc["body"]["seq"] = 11
+    doc["body"]["seq"] = 12  # claim the checkpoint covers event 12 too
     path.write_text(json.dumps(doc) + "\n")
     err = failure(verify(cli))
-    assert err["code"] == "audit-checkpoint-signature" and err["first_bad_seq"] == 11
+    assert err["code"] == "audit-checkpoint-signature" and err["first_bad_seq"] == 12
     assert "does not verify" in err["message"]
 
 
@@ -398,7 +398,7 @@ def test_hostile_proofs_are_rejected(cli, proof_files: tuple[Path, Path]) -> Non
     assert "cannot be a path" in _hostile(cli, proof, pub, shorter)
     assert "does not lead to the signed Merkle root" in _hostile(cli, proof, pub, swapped)
     assert "altered" in _hostile(cli, proof, pub, altered)
-    assert "checkpoint signs 10" in _hostile(cli, proof, pub, bigger_tree)
+    assert "checkpoint signs 11" in _hostile(cli, proof, pub, bigger_tree)
     assert "does not verify" in _hostile(cli, proof, pub, forged_root)
 
 
@@ -742,7 +742,7 @@ def test_evidence_verifies_offline_without_pai(cli, month: Path, tmp_path: Path,
         "--json",
     )
     assert result.exit_code == 0, result.output
-    assert result.json()["slice"] == {"first_seq": 9, "last_seq": 33}
+    assert result.json()["slice"] == {"first_seq": 9, "last_seq": 34}
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [
             f"report.{fmt}",
