@@ -37,7 +37,8 @@ SFMono-Regular,Menlo,monospace;word-break:break-all}
 .card{background:#fff;border:1px solid #e2e8f0;border-radius:8px;padding:12px 14px}
 .card .n{font-size:24px;font-weight:700}.card .l{color:#4a5568;font-size:12px;
 text-transform:uppercase;letter-spacing:.04em}
-.panel{background:#fff;border:1px solid #e2e8f0;border-radius:8px;padding:14px}
+.panel{background:#fff;border:1px solid #e2e8f0;border-radius:8px;padding:14px;overflow-x:auto}
+td.mono{overflow-wrap:anywhere}
 .two{display:grid;grid-template-columns:1fr 1fr;gap:16px}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th{text-align:left;background:#edf2f7;color:#2d3748;font-weight:600;padding:6px 8px;
@@ -202,7 +203,7 @@ def html_report(events: list[Event], context: dict[str, Any]) -> str:
         by_actor[e.actor][e.outcome] += 1
     totals = Counter(e.outcome for e in events)
     days = _days(events, since, until, context["generated"])
-    period = f"{since or 'the first event'} &ndash; {until or context['generated']}"
+    period = f"{since or 'start of the log'} &ndash; {until or context['generated']}"
     filters = (
         ", ".join(
             f"{k} = <code>{escape(str(v))}</code>"
