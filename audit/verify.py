@@ -46,7 +46,7 @@ from pai.audit.store import (
     segment_rows,
     segments_dir,
 )
-from pai.errors import KeyError_
+from pai.errors import KeyError_, NotFoundError
 from pai.settings import Paths
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def collect_checkpoints(
             sources.append((f"database checkpoint {row.seq}", None))
     for file in [checkpoint_file(p), *extra_files]:
         if file in extra_files and not file.exists():
-            raise KeyError_(f"checkpoint file {file} does not exist")
+            raise NotFoundError(f"checkpoint file {file} does not exist")
         sources.extend(read_file(file))
     found: dict[int, list[Checkpoint]] = {}
     seen: set[str] = set()

@@ -500,6 +500,18 @@ def test_batcher_flushes_on_size_time_and_close(pai_home: Path) -> None:
     assert verify_log(paths()).events == 121
 
 
+def test_import_is_cheap_and_exit_flushes(pai_home: Path) -> None:
+    code = (
+        "import sys; import pai.audit as a; "
+        "assert 'duckdb' not in sys.modules and 'pyarrow' not in sys.modules, sorted(sys.modules); "
+        "b = a.AuditBatcher(max_events=1000, max_delay=60); b.add('exit.flush')"
+    )
+    env = {**os.environ, "PAI_HOME": str(pai_home)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sql(pai_home, "SELECT action FROM events") == [("exit.flush",)]
+
+
 WRITER = textwrap.dedent(
     """
     import sys
