@@ -68,6 +68,10 @@ def run(demo: Demo) -> None:
     )  # fmt: skip
     demo.pai("bundle", "verify", str(bundle), home=site)
     demo.pai("bundle", "inspect", str(bundle), home=site)
+    demo.pai("audit", "checkpoint", home=site)
+    demo.pai("audit", "verify", home=site)
+    report = demo.workdir / "audit-report.html"
+    demo.pai("audit", "export", "--format", "html", "-o", str(report), home=site)
 
 
 def main() -> None:
