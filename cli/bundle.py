@@ -10,7 +10,7 @@ import typer
 from pai import keyring
 from pai.bundles.extract import extract_bundle
 from pai.bundles.manifest import read_manifest, read_signatures_unverified
-from pai.bundles.pack import pack_bundle, scan
+from pai.bundles.pack import created_time, pack_bundle, scan
 from pai.bundles.parts import join_parts, parse_size, resolve_inputs, split_bundle, total_size
 from pai.bundles.verify import VerifiedBundle, input_size, verify_bundle
 from pai.cli.common import JSON_OPTION, PASSPHRASE_FILE_OPTION, passphrase
@@ -90,7 +90,7 @@ def pack(
             name=name,
             version=version,
             signers=signers,
-            expires=parse_expiry(expires) if expires else None,
+            expires=parse_expiry(expires, created_time()) if expires else None,
             components=[_component(c) for c in components or []],
             threshold=threshold,
             progress=advance,
