@@ -19,7 +19,7 @@ from pai import __version__
 from pai.bundles.errors import BundleReadError
 from pai.bundles.manifest import MANIFEST_NAME, MAX_MANIFEST, SIGNATURES_NAME, read_manifest
 from pai.bundles.wheels import wheel_metadata
-from pai.errors import NotFoundError, PaiError
+from pai.errors import NotFoundError, PaiError, UsageError
 
 SBOM_NAME = "sbom.cdx.json"
 _NAMESPACE = uuid.UUID("6f1c2a3e-7b3d-5e4f-9a10-2b3c4d5e6f70")
@@ -64,7 +64,9 @@ def _wheel_component(path: Path) -> dict[str, Any]:
     }
 
 
-def _folder_component(root: Path, rel: str, kind: str, doc: dict[str, Any]) -> dict[str, Any]:
+def _folder_component(
+    root: Path, rel: str, kind: str, doc: dict[str, Any], version: str
+) -> dict[str, Any]:
     folder = root / rel
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     main = folder / ("model.onnx" if kind == "machine-learning-model" else "index.faiss")
@@ -76,7 +78,7 @@ def _folder_component(root: Path, rel: str, kind: str, doc: dict[str, Any]) -> d
         "type": kind,
         "bom-ref": f"pai:{rel.rstrip('/')}",
         "name": str(doc.get("name", folder.name)),
-        "version": str(doc.get("version") or doc.get("model_version") or ""),
+        "version": str(doc.get("version") or version),
         "licenses": _licenses(doc.get("license")),
         "hashes": [{"alg": "SHA-256", "content": _sha256(main)}] if main.is_file() else [],
         "properties": properties,
@@ -102,11 +104,11 @@ def make_sbom(root: Path, *, name: str, version: str, created: str) -> dict[str,
     for config in sorted((root / "models").glob("*/pai-model.json")):
         doc = json.loads(config.read_text(encoding="utf-8"))
         rel = config.parent.relative_to(root).as_posix() + "/"
-        components.append(_folder_component(root, rel, "machine-learning-model", doc))
+        components.append(_folder_component(root, rel, "machine-learning-model", doc, version))
     for config in sorted((root / "indexes").glob("*/pai-index.json")):
         doc = json.loads(config.read_text(encoding="utf-8"))
         rel = config.parent.relative_to(root).as_posix() + "/"
-        components.append(_folder_component(root, rel, "data", doc))
+        components.append(_folder_component(root, rel, "data", doc, version))
     fingerprint = "\n".join(
         f"{c['bom-ref']} {h['content']}" for c in components for h in c["hashes"]
     )
@@ -148,6 +150,10 @@ def read_sbom(bundle: Path) -> dict[str, Any]:
     """
     from pai.bundles import tarfmt
 
+    if bundle.name.endswith(".parts.json"):
+        raise UsageError(
+            "--sbom reads a whole bundle file", hint="join the parts first with `pai bundle join`"
+        )
     manifest = read_manifest(bundle)
     entry = next((f for f in manifest["files"] if f["path"] == SBOM_NAME), None)
     if entry is None:
