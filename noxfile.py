@@ -16,6 +16,15 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def provision(session: nox.Session) -> None:
+    """Provisioning integration tests on real SSH test hosts (needs root and debootstrap)."""
+    session.install("-e", ".[dev]")
+    session.run(
+        "pytest", "-m", "integration", "tests/integration/test_provision.py", *session.posargs
+    )
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.install("ruff")
