@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from pai import __version__
 from pai.cli import bundle as bundle_cmd
+from pai.cli import install as install_cmd
 from pai.cli import keys as keys_cmd
 from pai.cli.output import error
 from pai.errors import PaiError
@@ -86,6 +87,7 @@ def root(
 
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(bundle_cmd.app, name="bundle")
+install_cmd.register(app)
 
 
 def main() -> None:

@@ -219,7 +219,7 @@ def run_playbook(
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(home / "ansible" / "cp"),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_HOST_KEY_CHECKING": "True",
-        "PATH": f"{Path(_ansible_playbook()).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": f"{ansible_bin_dir()}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     runner = ansible_runner.run(
         private_data_dir=str(private),
@@ -256,6 +256,11 @@ def run_playbook(
         hosts=tracker.hosts,
         facts=tracker.facts,
     )
+
+
+def ansible_bin_dir() -> str:
+    """The folder holding ansible-playbook & co. for the Python pai runs in."""
+    return str(Path(_ansible_playbook()).parent)
 
 
 def _ansible_playbook() -> str:
