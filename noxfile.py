@@ -24,6 +24,17 @@ def provision(session: nox.Session) -> None:
     )
 
 
+@nox.session(name="ansible-lint")
+def ansible_lint(session: nox.Session) -> None:
+    """ansible-lint (production profile) over the packaged playbooks and roles, offline."""
+    session.install("ansible-lint", "ansible-core>=2.17,<2.20")
+    session.chdir("playbooks")
+    session.run(
+        "ansible-lint", "install.yml", "rollback.yml", "roles",
+        env={"ANSIBLE_ROLES_PATH": "roles"},
+    )  # fmt: skip
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""

@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from rich.console import Console
+from rich.table import Table
 
-from tests.helpers.cli import run_cli  # noqa: E402
-from tests.integration import hosts, nodebundle  # noqa: E402
+from tests.helpers.cli import run_cli
+from tests.integration import hosts, nodebundle
 
 
 def timed_install(bundle: Path, inventory: Path, forks: int) -> float:
@@ -54,7 +54,7 @@ def main() -> None:
         print(f"{n} hosts: install {first:.1f} s, no-change {again:.1f} s", file=sys.stderr)
     base_first, base_again = rows[0][1], rows[0][2]
     table = Table(title=f"pai install on test hosts (forks = hosts, {os.cpu_count()} CPUs)")
-    for col in ("hosts", "install s", "× 2-host", "no-change s", "× 2-host", "no-change/install"):
+    for col in ("hosts", "install s", "x 2-host", "no-change s", "x 2-host", "no-change/install"):
         table.add_column(col, justify="right")
     for n, first, again in rows:
         table.add_row(

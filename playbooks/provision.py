@@ -24,8 +24,8 @@ from pai.audit import record_event
 from pai.errors import PaiError, UsageError
 from pai.playbooks.runner import (
     HostState,
-    ansible_bin_dir,
     PlayResult,
+    ansible_bin_dir,
     content_dir,
     list_hosts,
     run_playbook,

@@ -61,13 +61,18 @@ def test_file_modes(host: Any) -> None:
         (var(host, "pai_state_dir"), user, group, 0o750),
         (var(host, "pai_log_dir"), user, group, 0o750),
     ]
-    for path, owner, grp, mode in expected:
-        f = host.file(path)
-        assert f.exists, path
-        assert (f.user, f.group, f.mode) == (owner, grp, mode), path
     current = host.file(f"{root}/current").linked_to
-    assert host.file(current).user == "root"
-    assert not host.file(current).mode & 0o022, "the release must not be group/world-writable"
+    listing = host.run(
+        "stat -c '%n %U %G %a' -- " + " ".join(p for p, *_ in expected) + f" {current}"
+    )
+    found = {}
+    for line in listing.stdout.splitlines():
+        name, owner, grp, mode = line.rsplit(" ", 3)
+        found[name] = (owner, grp, int(mode, 8))
+    for path, owner, grp, mode in expected:
+        assert found.get(path) == (owner, grp, mode), f"{path}: {found.get(path)}"
+    assert found[current][0] == "root"
+    assert not found[current][2] & 0o022, "the release must not be group/world-writable"
 
 
 def test_service_user_cannot_log_in(host: Any) -> None:

@@ -126,6 +126,17 @@ def test_second_install_changes_nothing(site: dict[str, Any]) -> None:
     assert {h: r["changed"] for h, r in by_host(result).items()} == {"h1": 0, "h2": 0}
 
 
+def test_check_mode_reports_an_upgrade_without_making_it(
+    site: dict[str, Any], lab2: hosts.Lab
+) -> None:
+    result = pai("install", str(site["v2"]), "-i", str(site["inventory"]), "--check", "--json")
+    assert result.exit_code == 0, result.output
+    assert all(row["changed"] > 0 for row in result.json()["hosts"])
+    for host in lab2.hosts:
+        assert current(lab2, host) == "0.1.0"
+        assert lab2.ssh(host, "test -e /opt/pai/releases/0.2.0").returncode == 1
+
+
 def test_firewall_admits_the_api_only_from_allowed_networks(lab2: hosts.Lab) -> None:
     rules = lab2.ssh(lab2.hosts[0], "nft list table inet pai").stdout
     assert "policy drop" in rules
@@ -181,9 +192,11 @@ def test_rollback_to_an_unknown_version_changes_nothing(
 
 
 def test_rollback_returns_to_the_previous_release(site: dict[str, Any], lab2: hosts.Lab) -> None:
-    result = pai("rollback", "-i", str(site["inventory"]), "--limit", "h1", "--json")
+    result = pai("rollback", "-i", str(site["inventory"]), "--limit", "h1")
     assert result.exit_code == 0, result.output
-    assert by_host(result)["h1"]["version"] == "0.1.0"
+    assert "pai rollback" in result.stdout  # the summary table's title
+    assert "h1" in result.stdout and "h2" not in result.stdout
+    assert "ansible artifacts:" in result.stdout
     assert current(lab2, lab2.hosts[0]) == "0.1.0"
     assert served(lab2, lab2.hosts[0]) == ["0.1.0"]
 
