@@ -20,6 +20,7 @@ from pai import __version__
 from pai.cli import audit as audit_cmd
 from pai.cli import bundle as bundle_cmd
 from pai.cli import bundle_build  # noqa: F401  (registers build, apply-delta on `pai bundle`)
+from pai.cli import install as install_cmd
 from pai.cli import keys as keys_cmd
 from pai.cli.output import error
 from pai.errors import PaiError
@@ -89,6 +90,7 @@ def root(
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(bundle_cmd.app, name="bundle")
 app.add_typer(audit_cmd.app, name="audit")
+install_cmd.register(app)
 
 
 def main() -> None:
