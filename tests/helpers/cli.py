@@ -31,3 +31,18 @@ def run_cli(*args: str, input: str | None = None) -> CliResult:
     runner = CliRunner()
     result = runner.invoke(app, list(args), input=input, catch_exceptions=False)
     return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+def run_cli_process(*args: str, timeout: float = 900) -> CliResult:
+    """Run ``pai`` as a separate process (the console script's code path, own interpreter).
+
+    Used where the command loads libraries that patch interpreter globals (ansible-core
+    replaces ``sys.intern``), which must not leak into the test process.
+    """
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pai.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.cli import CliResult, run_cli
+from tests.helpers.cli import CliResult, run_cli, run_cli_process
 from tests.integration import hosts, nodebundle
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, lab2: hosts.Lab) -> Iterator[
 
 
 def pai(*args: str) -> CliResult:
-    return run_cli(*args)
+    return run_cli_process(*args)
 
 
 def by_host(result: CliResult) -> dict[str, dict[str, Any]]:
