@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from pai import __version__
+from pai.cli import backup as backup_cmd
 from pai.cli import keys as keys_cmd
 from pai.cli.output import error
 from pai.errors import PaiError
@@ -84,6 +85,7 @@ def root(
 
 
 app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(backup_cmd.app, name="backup")
 
 
 def main() -> None:
