@@ -29,6 +29,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -52,7 +53,7 @@ from pai.fsutil import atomic_write_bytes, fsync_dir
 from pai.keyring import node_key
 from pai.locking import file_lock
 from pai.settings import Paths, config_section
-from pai.timeutil import utcnow
+from pai.timeutil import format_time
 
 MANIFEST_NAME = "pai-backup-manifest.json"
 MANIFEST_TYPE = "pai-backup-manifest"
@@ -340,10 +341,11 @@ def _add_database(tar: tarfile.TarFile, entry: Entry, progress: Progress) -> lis
 
 
 def _snapshot_id() -> tuple[str, str]:
-    now = utcnow()
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(4).hex(), now.strftime(
-        "%Y-%m-%dT%H:%M:%SZ"
-    )
+    """``YYYYmmddTHHMMSSZ-`` and 8 hex digits: microseconds (20 bits) then 12 random bits, so
+    ids sort in creation order even within one second."""
+    now = datetime.now(UTC)
+    suffix = (now.microsecond << 12) | int.from_bytes(os.urandom(2), "big") & 0xFFF
+    return now.strftime("%Y%m%dT%H%M%SZ") + f"-{suffix:08x}", format_time(now)
 
 
 def _contents(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
