@@ -27,7 +27,15 @@ from typing import Any, BinaryIO
 from pai.backup import age
 from pai.backup.errors import DaemonRunningError, ManifestError
 from pai.backup.repo import Repo, open_repo, read_sidecar, resolve
-from pai.backup.verify import Progress, _no_progress, check_keyless, decrypt_blob, read_archive
+from pai.backup.verify import (
+    Progress,
+    _no_progress,
+    check_blob_references,
+    check_keyless,
+    decrypt_blob,
+    decrypt_chunked,
+    read_archive,
+)
 from pai.errors import StorageError
 from pai.fsutil import fsync_dir
 
@@ -136,12 +144,16 @@ def restore_into(
         staging.open,
         progress,
     )
+    check_blob_references(sidecar, contents.manifest)
     for item in contents.manifest["files"]:
-        if item.get("blob"):
+        if item.get("blob") or item.get("chunks"):
             dst = staging.open(item["path"], int(item.get("mode", 0o600)))
             try:
-                expect = (int(item["size"]), item["sha256"])
-                decrypt_blob(repo, item["blob"], identities, expect, dst, progress)
+                if item.get("chunks"):
+                    decrypt_chunked(repo, item, identities, dst, progress)
+                else:
+                    expect = (int(item["size"]), item["sha256"])
+                    decrypt_blob(repo, item["blob"], identities, expect, dst, progress)
             finally:
                 dst.close()
     for item in contents.manifest["files"]:

@@ -202,7 +202,7 @@ def _match_members(
             if links.get(name) != item.get("target"):
                 raise ContentMismatchError(f"{where}: symlink {name} differs from the manifest")
             continue
-        if item.get("blob"):
+        if item.get("blob") or item.get("chunks"):
             continue
         listed_inline.add(name)
         if name not in members:
@@ -244,6 +244,50 @@ def decrypt_blob(
         raise ContentMismatchError(f"{repo.rel(path)}: decrypted content does not match its sha256")
 
 
+class _Hashing:
+    """Passes bytes on to an optional sink while hashing the whole file."""
+
+    def __init__(self, dst: Sink | None) -> None:
+        self.dst = dst
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes, /) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        if self.dst is not None:
+            self.dst.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        return None
+
+
+def decrypt_chunked(
+    repo: Repo,
+    item: dict[str, Any],
+    identities: list[age.Identity],
+    dst: Sink | None,
+    progress: Progress = _no_progress,
+) -> None:
+    """A chunked database: every chunk, then the whole file, must match the manifest."""
+    whole = _Hashing(dst)
+    for chunk in item["chunks"]:
+        expect = (int(chunk["size"]), chunk["sha256"])
+        decrypt_blob(repo, chunk["blob"], identities, expect, whole, progress)
+    if (whole.size, whole.sha.hexdigest()) != (int(item["size"]), item["sha256"]):
+        raise ContentMismatchError(
+            f"snapshot file {item['path']}: its chunks do not add up to the manifest's sha256"
+        )
+
+
+def blobs_used(item: dict[str, Any]) -> list[str]:
+    """The blob names one manifest entry needs."""
+    if item.get("blob"):
+        return [str(item["blob"])]
+    return [str(c["blob"]) for c in item.get("chunks") or []]
+
+
 def verify_snapshot(
     repo: Repo,
     snapshot_id: str,
@@ -266,24 +310,29 @@ def verify_snapshot(
         contents = read_archive(repo, sidecar, identities, None, progress)
     except age.AgeError as exc:
         raise type(exc)(f"{sidecar.body['archive']['path']}: {exc.message}") from None
-    referenced = {b["name"] for b in sidecar.blobs}
-    blob_files = [f for f in contents.manifest["files"] if f.get("blob")]
-    for item in blob_files:
-        if item["blob"] not in referenced:
-            raise ManifestError(
-                f"snapshot {snapshot_id}: {item['path']} uses blob {item['blob']} "
-                "that the sidecar does not list"
-            )
+    check_blob_references(sidecar, contents.manifest)
     done: set[str] = set()
-    for item in blob_files:
-        if item["blob"] in done:
-            continue
-        decrypt_blob(
-            repo, item["blob"], identities, (int(item["size"]), item["sha256"]), None, progress
-        )
-        done.add(item["blob"])
+    for item in contents.manifest["files"]:
+        if item.get("chunks"):
+            decrypt_chunked(repo, item, identities, None, progress)
+        elif item.get("blob") and item["blob"] not in done:
+            expect = (int(item["size"]), item["sha256"])
+            decrypt_blob(repo, item["blob"], identities, expect, None, progress)
+            done.add(item["blob"])
     report.update(decrypted=True, files=len(contents.manifest["files"]))
     return report
+
+
+def check_blob_references(sidecar: Sidecar, manifest: dict[str, Any]) -> None:
+    """Every blob the manifest uses must be one the signed sidecar lists (and so was checked)."""
+    referenced = {b["name"] for b in sidecar.blobs}
+    for item in manifest["files"]:
+        for name in blobs_used(item):
+            if name not in referenced:
+                raise ManifestError(
+                    f"snapshot {sidecar.id}: {item['path']} uses blob {name} "
+                    "that the sidecar does not list"
+                )
 
 
 def verify_many(

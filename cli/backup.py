@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,16 @@ KEEP_WEEKLY = typer.Option(0, "--keep-weekly", help="Keep the newest of each of 
 KEEP_MONTHLY = typer.Option(0, "--keep-monthly", help="Keep the newest of each of N months.")
 
 
+@contextlib.contextmanager
+def _audit_failure(action: str, resource: str = "backup") -> Iterator[None]:
+    """A command that fails still leaves its audit event, with the error's code only."""
+    try:
+        yield
+    except PaiError as exc:
+        record_event(action, resource=resource, outcome="failed", details={"error": exc.code})
+        raise
+
+
 def _secret(file: Path | None) -> bytes | None:
     return passphrase(file) if file is not None else None
 
@@ -80,14 +92,8 @@ def create(
     p = paths()
     root = default_repo(repo)
     recipients = bkeys.recipients(list(recipient or []), _secret(passphrase_file), p)
-    try:
-        with byte_progress("backing up", None) as advance:
-            result = bk.create(p, root, recipients, progress=advance)
-    except PaiError as exc:
-        record_event(
-            "backup.create", resource="backup", outcome="failed", details={"error": exc.code}
-        )
-        raise
+    with _audit_failure("backup.create"), byte_progress("backing up", None) as advance:
+        result = bk.create(p, root, recipients, progress=advance)
     sizes = result.sidecar["sizes"]
     record_event(
         "backup.create",
@@ -162,7 +168,7 @@ def verify(
     ids = sidecar_ids(r) if all_ else [resolve(r, str(snapshot))]
     secret = _secret(passphrase_file)
     ids_for = bkeys.identities(identity, secret) if identity or secret else None
-    with byte_progress("verifying", None) as advance:
+    with _audit_failure("backup.verify"), byte_progress("verifying", None) as advance:
         passed, failures = bk.verify_many(r, ids, ids_for, advance)
     outcome = "failed" if failures else "ok"
     record_event(
@@ -202,7 +208,10 @@ def restore(
     set_json(json_out)
     ids = bkeys.identities(identity, _secret(passphrase_file))
     dest = target or paths().home
-    with byte_progress("restoring", None) as advance:
+    with (
+        _audit_failure("backup.restore", f"backup:{snapshot}"),
+        byte_progress("restoring", None) as advance,
+    ):
         report = bk.restore(default_repo(repo), snapshot, ids, dest, force=force, progress=advance)
     record_event(
         "backup.restore",
@@ -235,7 +244,8 @@ def prune(
     """Apply a retention policy (restic's semantics) and drop unreferenced blobs."""
     set_json(json_out)
     policy = bk.Policy(keep_last, keep_daily, keep_weekly, keep_monthly)
-    result = bk.prune(default_repo(repo), policy, dry_run=dry_run)
+    with _audit_failure("backup.prune"):
+        result = bk.prune(default_repo(repo), policy, dry_run=dry_run)
     if not dry_run:
         record_event(
             "backup.prune",
@@ -260,7 +270,7 @@ def copy(
 ) -> None:
     """Replicate every snapshot to another repository, verifying hashes on the way."""
     set_json(json_out)
-    with byte_progress("copying", None) as advance:
+    with _audit_failure("backup.copy"), byte_progress("copying", None) as advance:
         result = bk.copy(default_repo(repo), to.absolute(), advance)
     record_event(
         "backup.copy",
@@ -392,7 +402,10 @@ def drill(
     """Restore into scratch, verify the audit chain, databases and bundles: DR evidence."""
     set_json(json_out)
     ids = bkeys.identities(identity, _secret(passphrase_file))
-    with byte_progress("drill", None) as advance:
+    with (
+        _audit_failure("backup.drill", f"backup:{snapshot}"),
+        byte_progress("drill", None) as advance,
+    ):
         evidence = bk.drill(default_repo(repo), snapshot, ids, scratch, advance)
     if report is not None:
         atomic_write_bytes(report, json.dumps(evidence, indent=2, sort_keys=True).encode() + b"\n")
