@@ -36,7 +36,7 @@ from pai.backup.verify import (
     decrypt_chunked,
     read_archive,
 )
-from pai.errors import StorageError
+from pai.errors import StorageError, UsageError
 from pai.fsutil import fsync_dir
 
 PID_FILE = "serve.pid"
@@ -192,6 +192,12 @@ def restore(
         raise DaemonRunningError(
             f"a pai daemon is running on {target} (it holds {target / PID_FILE})",
             hint="stop `pai serve` first, then re-run with --force",
+        )
+    if os.path.ismount(target):
+        raise UsageError(
+            f"{target} is a mount point: it cannot be swapped atomically",
+            hint=f"restore with --target {target}/home and point PAI_HOME there, or keep the "
+            "state folder one level below the mount",
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.restore-{snapshot_id}.tmp"

@@ -794,3 +794,20 @@ def test_large_databases_are_chunked_so_unchanged_blocks_are_not_stored_again(
     assert _sha(target / "state.duckdb") == _sha(state / "state.duckdb")
     with connect(target / "state.duckdb", read_only=True) as con:
         assert con.execute("SELECT count(*) FROM t").fetchone() == (300001,)
+
+
+def test_restore_refuses_to_swap_a_mount_point(cli, state, identity, repo, tiny_disk) -> None:  # type: ignore[no-untyped-def]
+    _create(cli, repo, identity[1])
+    result = cli(
+        "backup",
+        "restore",
+        "latest",
+        "--repo",
+        str(repo),
+        "-i",
+        str(identity[0]),
+        "--target",
+        str(tiny_disk),
+    )
+    assert result.exit_code == 2 and "is a mount point" in result.stderr
+    assert list(tiny_disk.iterdir()) == []
