@@ -72,6 +72,14 @@ class Writable(Protocol):
     def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
 
 
+class Readable(Protocol):
+    """A binary source: a file, or a wrapper that hashes the ciphertext as it is read."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
 # --- bech32 (BIP 173, without the 90-character limit, as age uses it) -----------------------
 
 _CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
@@ -333,14 +341,14 @@ def _header_mac(file_key: bytes, header_without_mac: bytes) -> bytes:
     return hmac.new(key, header_without_mac, hashlib.sha256).digest()
 
 
-def _read_line(src: BinaryIO, limit: int = 4096) -> bytes:
+def _read_line(src: Readable, limit: int = 4096) -> bytes:
     line = src.readline(limit)
     if not line.endswith(b"\n"):
         raise AgeHeaderError("truncated or oversized age header line")
     return line
 
 
-def _parse_header(src: BinaryIO) -> tuple[list[Stanza], bytes, bytes]:
+def _parse_header(src: Readable) -> tuple[list[Stanza], bytes, bytes]:
     """Returns (stanzas, header bytes covered by the MAC, MAC)."""
     intro = src.readline(len(INTRO) + 1)
     if intro != INTRO:
@@ -443,7 +451,7 @@ class Encryptor:
             self.close()
 
 
-def open_header(src: BinaryIO, identities: list[Identity]) -> bytes:
+def open_header(src: Readable, identities: list[Identity]) -> bytes:
     """Read the header from ``src`` and return the file key the identities unlock.
 
     Leaves ``src`` positioned at the payload nonce.
@@ -476,7 +484,7 @@ def open_header(src: BinaryIO, identities: list[Identity]) -> bytes:
     return file_key
 
 
-def decrypt_chunks(src: BinaryIO, file_key: bytes) -> Iterator[bytes]:
+def decrypt_chunks(src: Readable, file_key: bytes) -> Iterator[bytes]:
     """Yield the plaintext of the payload that follows an opened header, chunk by chunk."""
     nonce = src.read(16)
     if len(nonce) != 16:
@@ -508,7 +516,7 @@ def decrypt_chunks(src: BinaryIO, file_key: bytes) -> Iterator[bytes]:
 class Decryptor:
     """A read-only binary stream of the plaintext of an age file (for tarfile and friends)."""
 
-    def __init__(self, src: BinaryIO, identities: list[Identity]) -> None:
+    def __init__(self, src: Readable, identities: list[Identity]) -> None:
         self._chunks = decrypt_chunks(src, open_header(src, identities))
         self._buf = b""
         self._pos = 0

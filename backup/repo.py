@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from pai.backup.errors import (
     BusyError,
     RepositoryError,
@@ -279,16 +281,21 @@ def catalog_row(sidecar: Sidecar) -> list[Any]:
     ]
 
 
+def _insert_blobs(con: duckdb.DuckDBPyConnection, blobs: list[dict[str, Any]]) -> None:
+    """One statement for all rows: a DuckDB statement costs about a millisecond."""
+    if not blobs:
+        return
+    values = ",".join(["(?, ?, ?)"] * len(blobs))
+    params = [v for b in blobs for v in (b["name"], int(b["size"]), b["sha256"])]
+    con.execute(f"INSERT OR IGNORE INTO blobs VALUES {values}", params)
+
+
 def catalog_add(repo: Repo, sidecar: Sidecar) -> None:
     with connect(repo.catalog, schema=CATALOG_SCHEMA) as con:
         con.execute("BEGIN")
         con.execute("DELETE FROM snapshots WHERE id = ?", [sidecar.id])
         con.execute("INSERT INTO snapshots VALUES (?,?,?,?,?,?,?,?,?,?,?)", catalog_row(sidecar))
-        for blob in sidecar.blobs:
-            con.execute(
-                "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)",
-                [blob["name"], blob["size"], blob["sha256"]],
-            )
+        _insert_blobs(con, sidecar.blobs)
         con.execute("COMMIT")
 
 
@@ -333,11 +340,7 @@ def reindex(repo: Repo) -> dict[str, Any]:
             con.execute(
                 "INSERT INTO snapshots VALUES (?,?,?,?,?,?,?,?,?,?,?)", catalog_row(sidecar)
             )
-            for blob in sidecar.blobs:
-                con.execute(
-                    "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)",
-                    [blob["name"], blob["size"], blob["sha256"]],
-                )
+            _insert_blobs(con, sidecar.blobs)
         con.execute("COMMIT")
         con.execute("CHECKPOINT")
     with file_lock(repo.catalog.with_name("catalog.duckdb.lock")):

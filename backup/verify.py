@@ -139,19 +139,64 @@ class Sink(Protocol):
 FileSink = Callable[[str, int], Sink | None]
 
 
+class HashingSource:
+    """Reads a ciphertext file for decryption while hashing it, so restore checks the sidecar's
+    sha256 (steps 3 and 4) in the same pass as it decrypts (step 5 onwards)."""
+
+    def __init__(self, repo: Repo, path: Path, expect: tuple[int, str] | None) -> None:
+        self.repo = repo
+        self.path = path
+        self.expect = expect
+        try:
+            self.handle = path.open("rb")
+        except FileNotFoundError:
+            raise MissingFileError(f"{repo.rel(path)} is missing from the repository") from None
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self.handle.read(size)
+        self.sha.update(data)
+        self.size += len(data)
+        return data
+
+    def readline(self, size: int = -1, /) -> bytes:
+        data = self.handle.readline(size)
+        self.sha.update(data)
+        self.size += len(data)
+        return data
+
+    def finish(self) -> None:
+        """Hash what is left unread and compare with the sidecar (when it was given)."""
+        while self.read(READ_BLOCK):
+            pass
+        self.handle.close()
+        if self.expect is not None and (self.size, self.sha.hexdigest()) != self.expect:
+            raise CiphertextMismatchError(
+                f"{self.repo.rel(self.path)}: sha256 differs from the sidecar (altered or bit rot)"
+            )
+
+    def close(self) -> None:
+        self.handle.close()
+
+
 def read_archive(
     repo: Repo,
     sidecar: Sidecar,
     identities: list[age.Identity],
     sink: FileSink | None = None,
     progress: Progress = _no_progress,
+    check_cipher: bool = False,
 ) -> ArchiveContents:
     """Decrypt and walk the archive; hand every file's bytes to ``sink(path, mode)``'s file."""
     path = repo.root / sidecar.body["archive"]["path"]
     members: dict[str, tuple[int, str]] = {}
     symlinks: dict[str, str] = {}
     manifest_bytes: bytes | None = None
-    with path.open("rb") as handle:
+    archive = sidecar.body["archive"]
+    expect = (int(archive["size"]), str(archive["sha256"])) if check_cipher else None
+    handle = HashingSource(repo, path, expect)
+    try:
         stream = age.Decryptor(handle, identities)
         try:
             # closed with handle:
@@ -183,8 +228,13 @@ def read_archive(
                 if dst is not None:
                     dst.close()
                 members[member.name] = (size, digest.hexdigest())
+            while stream.read(READ_BLOCK):  # authenticate the payload to its last chunk
+                pass
         except tarfile.TarError as exc:
             raise ManifestError(f"{repo.rel(path)}: archive is not a valid tar ({exc})") from None
+        handle.finish()
+    finally:
+        handle.close()
     if manifest_bytes is None:
         raise ManifestError(f"{repo.rel(path)}: archive holds no {MANIFEST_NAME}")
     manifest = parse_manifest(manifest_bytes, sidecar.id)
@@ -221,25 +271,26 @@ def decrypt_blob(
     expect: tuple[int, str],
     dst: Sink | None,
     progress: Progress = _no_progress,
+    cipher: tuple[int, str] | None = None,
 ) -> None:
-    """Step 7 for one blob: decrypt, optionally write, compare size and sha256."""
+    """Step 7 for one blob: decrypt, optionally write, compare size and sha256 (and, when
+    ``cipher`` is given, the ciphertext's size and sha256 in the same pass)."""
     path = repo.blob_path(name)
     digest = hashlib.sha256()
     size = 0
+    handle = HashingSource(repo, path, cipher)
     try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise MissingFileError(f"{repo.rel(path)} is missing from the repository") from None
-    with handle:
-        try:
-            for chunk in age.decrypt_chunks(handle, age.open_header(handle, identities)):
-                digest.update(chunk)
-                size += len(chunk)
-                progress(len(chunk))
-                if dst is not None:
-                    dst.write(chunk)
-        except age.AgeError as exc:
-            raise type(exc)(f"{repo.rel(path)}: {exc.message}") from None
+        for chunk in age.decrypt_chunks(handle, age.open_header(handle, identities)):
+            digest.update(chunk)
+            size += len(chunk)
+            progress(len(chunk))
+            if dst is not None:
+                dst.write(chunk)
+        handle.finish()
+    except age.AgeError as exc:
+        raise type(exc)(f"{repo.rel(path)}: {exc.message}") from None
+    finally:
+        handle.close()
     if (size, digest.hexdigest()) != expect:
         raise ContentMismatchError(f"{repo.rel(path)}: decrypted content does not match its sha256")
 
@@ -269,12 +320,14 @@ def decrypt_chunked(
     identities: list[age.Identity],
     dst: Sink | None,
     progress: Progress = _no_progress,
+    ciphers: dict[str, tuple[int, str]] | None = None,
 ) -> None:
     """A chunked database: every chunk, then the whole file, must match the manifest."""
     whole = _Hashing(dst)
     for chunk in item["chunks"]:
         expect = (int(chunk["size"]), chunk["sha256"])
-        decrypt_blob(repo, chunk["blob"], identities, expect, whole, progress)
+        cipher = ciphers[chunk["blob"]] if ciphers is not None else None
+        decrypt_blob(repo, chunk["blob"], identities, expect, whole, progress, cipher)
     if (whole.size, whole.sha.hexdigest()) != (int(item["size"]), item["sha256"]):
         raise ContentMismatchError(
             f"snapshot file {item['path']}: its chunks do not add up to the manifest's sha256"

@@ -811,3 +811,18 @@ def test_restore_refuses_to_swap_a_mount_point(cli, state, identity, repo, tiny_
     )
     assert result.exit_code == 2 and "is a mount point" in result.stderr
     assert list(tiny_disk.iterdir()) == []
+
+
+def test_restore_of_a_damaged_blob_fails_and_leaves_the_target_alone(
+    cli, state, identity, repo
+) -> None:  # type: ignore[no-untyped-def]
+    key, recipient = identity
+    _create(cli, repo, recipient)
+    [blob] = list((repo / "blobs").glob("*/*.age"))
+    _flip(blob, blob.stat().st_size // 2)
+    before = _tree(state, skip=("audit/", "backup/"))
+    result = cli("backup", "restore", "latest", "--repo", str(repo), "-i", str(key), "--force")
+    assert result.exit_code == 1
+    assert f"blobs/{blob.parent.name}/{blob.name}: age payload chunk" in result.stderr
+    assert _tree(state, skip=("audit/", "backup/")) == before
+    assert not [p for p in state.parent.iterdir() if "restore" in p.name]
