@@ -61,7 +61,7 @@ def copy(src_root: Path, dst_root: Path, progress: Progress = _no_progress) -> d
     copied: list[str] = []
     present: list[str] = []
     transferred = 0
-    with src.lock(), dst.lock():
+    with src.lock(reader=True), dst.lock():
         clean_stale(dst)
         for sid in sidecar_ids(src):
             sidecar = read_sidecar(src.sidecar_path(sid))

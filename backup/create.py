@@ -449,7 +449,6 @@ def _write_snapshot(
     cache = load_cache(p)
     new_cache: dict[str, Any] = {}
     files: list[dict[str, Any]] = []
-    reused = 0
     plain_entries = [e for e in entries if not e.is_db or stat.S_ISLNK(e.st.st_mode)]
     databases = [e for e in entries if e.is_db and not stat.S_ISLNK(e.st.st_mode)]
     archive = repo.archive_path(snapshot_id)
@@ -466,8 +465,7 @@ def _write_snapshot(
                 if stat.S_ISLNK(entry.st.st_mode):
                     files.append(_add_symlink(tar, entry))
                 elif entry.st.st_size >= threshold:
-                    record, hit = _add_blob(w, entry, cache)
-                    reused += hit
+                    record = _add_blob(w, entry, cache)
                     new_cache[entry.rel] = {
                         "fp": _fingerprint(entry.st),
                         "sha256": record["sha256"],
@@ -529,7 +527,7 @@ def _add_symlink(tar: tarfile.TarFile, entry: Entry) -> dict[str, Any]:
     return {"path": entry.rel, "type": "symlink", "target": target, "size": 0}
 
 
-def _add_blob(w: _Writer, entry: Entry, cache: dict[str, Any]) -> tuple[dict[str, Any], int]:
+def _add_blob(w: _Writer, entry: Entry, cache: dict[str, Any]) -> dict[str, Any]:
     cached = cache.get(entry.rel)
     st = entry.path.stat()
     record = {
@@ -543,10 +541,10 @@ def _add_blob(w: _Writer, entry: Entry, cache: dict[str, Any]) -> tuple[dict[str
         if w.reference(name):
             w.progress(st.st_size)
             record.update(size=st.st_size, sha256=cached["sha256"], blob=name)
-            return record, 1
+            return record
     digest, name, size = w.store(entry)
     record.update(size=size, sha256=digest, blob=name)
-    return record, 0
+    return record
 
 
 def _save_cache(p: Paths, entries: dict[str, Any]) -> None:

@@ -116,8 +116,15 @@ class Repo:
         return path.relative_to(self.root).as_posix()
 
     @contextlib.contextmanager
-    def lock(self, timeout: float = 600.0) -> Iterator[None]:
-        """The writers' lock: create, prune, copy and reindex never run at once on one repo."""
+    def lock(self, timeout: float = 600.0, *, reader: bool = False) -> Iterator[None]:
+        """The writers' lock: create, prune, copy and reindex never run at once on one repo.
+
+        A ``reader`` (copy's source) on a read-only medium goes without: no one can write
+        there, so there is no writer to keep out, and the lock file could not be made.
+        """
+        if reader and not os.access(self.root, os.W_OK):
+            yield
+            return
         try:
             with file_lock(self.root / "lock", timeout=timeout):
                 yield

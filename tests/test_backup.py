@@ -826,3 +826,21 @@ def test_restore_of_a_damaged_blob_fails_and_leaves_the_target_alone(
     assert f"blobs/{blob.parent.name}/{blob.name}: age payload chunk" in result.stderr
     assert _tree(state, skip=("audit/", "backup/")) == before
     assert not [p for p in state.parent.iterdir() if "restore" in p.name]
+
+
+def test_copy_from_a_read_only_medium(cli, state, identity, repo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    _create(cli, repo, identity[1])
+    shelf = tmp_path / "usb-ro"
+    shelf.mkdir()
+    subprocess.run(["mount", "--bind", str(repo), str(shelf)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(shelf)], check=True)
+        result = cli(
+            "backup", "copy", "--repo", str(shelf), "--to", str(tmp_path / "site-b"), "--json"
+        )
+    finally:
+        subprocess.run(["umount", str(shelf)], check=True)
+    assert result.exit_code == 0, result.output
+    assert len(result.json()["copied"]) == 1
