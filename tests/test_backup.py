@@ -185,6 +185,9 @@ def test_bad_input_is_one_clear_line(cli, state, identity, repo, tmp_path) -> No
     assert missing.exit_code == 1 and "no snapshot 'nope'" in missing.stderr
     no_repo = cli("backup", "list")
     assert no_repo.exit_code == 2 and "no backup repository given" in no_repo.stderr
+    again = cli("backup", "keygen", "-o", str(identity[0]))
+    assert again.exit_code == 2 and "already exists" in again.stderr
+    assert "AGE-SECRET-KEY-1" in identity[0].read_text() and identity[0].stat().st_mode & 0o077 == 0
 
 
 # --- age interoperability ----------------------------------------------------------------------
