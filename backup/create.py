@@ -5,9 +5,10 @@ state folder except caches, lock files, temp files, the daemon's pid file, this 
 local cache, and ``keys/root.key`` (the root key belongs offline; ``[backup]
 include_root_key = true`` takes it anyway). DuckDB databases are copied while holding a shared
 lock on their ``<db>.lock`` file, the lock every pai writer takes, so each database (with its
-``.wal``) is a transaction-consistent copy while the daemon keeps appending audit events. Plain
-files are read before the databases, so an append-only file such as the audit checkpoint file
-never refers to an event the copied database does not hold.
+``.wal``) is a transaction-consistent copy while the daemon keeps appending audit events. A
+database in a subfolder owns that folder: the files beside it (the audit log's
+``checkpoints.jsonl`` and sealed segments, written by the audit writers under the same lock) are
+read under that lock too, so they and the database form one consistent cut.
 
 Files of at least ``blob_threshold`` bytes (default 1 MiB) that are not databases are stored once
 per repository as content-addressed blobs; everything else goes into the snapshot archive.
@@ -125,11 +126,14 @@ def _excluded(rel: str, is_dir: bool, extra: list[str], include_root_key: bool) 
     return any(fnmatch.fnmatch(rel, pat) for pat in extra)
 
 
-def scan(home: Path, skip: list[Path], extra: list[str], include_root_key: bool) -> list[Entry]:
-    """Everything to back up, sorted by path; ``skip`` holds folders inside home to leave out."""
+def scan(
+    home: Path, skip: list[Path], extra: list[str], include_root_key: bool, under: str = ""
+) -> list[Entry]:
+    """Everything to back up (below ``under``), sorted by path; ``skip`` holds folders inside
+    home to leave out."""
     found: list[Entry] = []
     skip_set = {s.resolve() for s in skip}
-    for folder, dirs, files in os.walk(home):
+    for folder, dirs, files in os.walk(home / under if under else home):
         base = Path(folder)
         rel_base = base.relative_to(home).as_posix()
         prefix = "" if rel_base == "." else rel_base + "/"
@@ -343,25 +347,29 @@ def _add_file(tar: tarfile.TarFile, entry: Entry, progress: Progress) -> dict[st
     }
 
 
-def _add_database(
+def _db_lock(entry: Entry) -> contextlib.AbstractContextManager[None]:
+    """The database's own lock, shared: its writers wait, other readers go on."""
+    return file_lock(entry.path.with_name(entry.path.name + ".lock"), shared=True, timeout=300)
+
+
+def _copy_database(
     tar: tarfile.TarFile, w: _Writer, entry: Entry, threshold: int
 ) -> list[dict[str, Any]]:
-    """Copy a DuckDB file and its WAL under the database's own lock (shared: readers only).
+    """Copy a DuckDB file and its WAL; the caller holds the database's lock.
 
     A database of at least ``threshold`` bytes is cut into fixed 1 MiB chunks (four DuckDB
     blocks), each a content-addressed blob: a database that changed in a few blocks since the
     last snapshot adds only those chunks.
     """
     out = []
-    with file_lock(entry.path.with_name(entry.path.name + ".lock"), shared=True, timeout=300):
-        wal = entry.path.with_name(entry.path.name + ".wal")
-        if entry.path.exists():
-            if entry.path.stat().st_size >= threshold:
-                out.append(_add_chunked(w, entry))
-            else:
-                out.append(_add_file(tar, Entry(entry.rel, entry.path, entry.st), w.progress))
-        if wal.exists():
-            out.append(_add_file(tar, Entry(entry.rel + ".wal", wal, wal.lstat()), w.progress))
+    wal = entry.path.with_name(entry.path.name + ".wal")
+    if entry.path.exists():
+        if entry.path.stat().st_size >= threshold:
+            out.append(_add_chunked(w, entry))
+        else:
+            out.append(_add_file(tar, Entry(entry.rel, entry.path, entry.path.lstat()), w.progress))
+    if wal.exists():
+        out.append(_add_file(tar, Entry(entry.rel + ".wal", wal, wal.lstat()), w.progress))
     return out
 
 
@@ -429,7 +437,8 @@ def create(
         entries = scan(home, skip, extra, include_root_key)
         writer = _Writer(repo, recipients, key, progress)
         try:
-            result = _write_snapshot(p, repo, writer, entries, threshold, signer)
+            scanned = (entries, skip, extra, include_root_key)
+            result = _write_snapshot(p, repo, writer, scanned, threshold, signer)
         except BaseException:
             writer.rollback()
             raise
@@ -437,11 +446,42 @@ def create(
         return result
 
 
+@dataclass
+class _Plan:
+    """What one create reads, and in which order (see :func:`_plan`)."""
+
+    loose: list[Entry]
+    root_databases: list[Entry]
+    owned: dict[str, list[Entry]]  # folder -> the databases that own it
+
+
+def _plan(entries: list[Entry]) -> _Plan:
+    """A database in a subfolder owns that folder: its sibling files (segments, checkpoint
+    files) are written by the database's writers under the database's lock, so they are read
+    under that lock too, as one consistent cut. Databases directly in the state folder own only
+    themselves and their WAL."""
+    databases = [e for e in entries if e.is_db and not stat.S_ISLNK(e.st.st_mode)]
+    owned: dict[str, list[Entry]] = {}
+    root_databases = []
+    for db in databases:
+        if "/" in db.rel:
+            owned.setdefault(db.rel.rsplit("/", 1)[0] + "/", []).append(db)
+        else:
+            root_databases.append(db)
+    loose = [
+        e
+        for e in entries
+        if not (e.is_db and not stat.S_ISLNK(e.st.st_mode))
+        and not any(e.rel.startswith(folder) for folder in owned)
+    ]
+    return _Plan(loose, root_databases, owned)
+
+
 def _write_snapshot(
     p: Paths,
     repo: Repo,
     w: _Writer,
-    entries: list[Entry],
+    scanned: tuple[list[Entry], list[Path], list[str], bool],
     threshold: int,
     signer: Any,
 ) -> CreateResult:
@@ -449,9 +489,31 @@ def _write_snapshot(
     cache = load_cache(p)
     new_cache: dict[str, Any] = {}
     files: list[dict[str, Any]] = []
-    plain_entries = [e for e in entries if not e.is_db or stat.S_ISLNK(e.st.st_mode)]
-    databases = [e for e in entries if e.is_db and not stat.S_ISLNK(e.st.st_mode)]
+    entries, skip, extra, include_root_key = scanned
+    plan = _plan(entries)
     archive = repo.archive_path(snapshot_id)
+
+    def add_plain(tar: tarfile.TarFile, entry: Entry) -> None:
+        if stat.S_ISLNK(entry.st.st_mode):
+            files.append(_add_symlink(tar, entry))
+        elif entry.st.st_size >= threshold:
+            record = _add_blob(w, entry, cache)
+            new_cache[entry.rel] = {"fp": _fingerprint(entry.st), "sha256": record["sha256"]}
+            files.append(record)
+        else:
+            files.append(_add_file(tar, entry, w.progress))
+
+    def add_owned(tar: tarfile.TarFile, folder: str, dbs: list[Entry]) -> None:
+        with contextlib.ExitStack() as locks:
+            for db in sorted(dbs, key=lambda e: e.rel):
+                locks.enter_context(_db_lock(db))
+            inside = scan(p.home, skip, extra, include_root_key, under=folder.rstrip("/"))
+            for entry in inside:
+                if not entry.is_db or stat.S_ISLNK(entry.st.st_mode):
+                    add_plain(tar, entry)
+            for db in sorted(dbs, key=lambda e: e.rel):
+                files.extend(_copy_database(tar, w, db, threshold))
+
     with _temp_in(repo.snapshots) as (handle, tmp):
         out = _HashingWriter(handle)
         with age.Encryptor(out, w.recipients) as enc:
@@ -461,20 +523,13 @@ def _write_snapshot(
                 mode="w|",
                 format=tarfile.PAX_FORMAT,
             )
-            for entry in plain_entries:
-                if stat.S_ISLNK(entry.st.st_mode):
-                    files.append(_add_symlink(tar, entry))
-                elif entry.st.st_size >= threshold:
-                    record = _add_blob(w, entry, cache)
-                    new_cache[entry.rel] = {
-                        "fp": _fingerprint(entry.st),
-                        "sha256": record["sha256"],
-                    }
-                    files.append(record)
-                else:
-                    files.append(_add_file(tar, entry, w.progress))
-            for entry in databases:
-                files.extend(_add_database(tar, w, entry, threshold))
+            for entry in plan.loose:
+                add_plain(tar, entry)
+            for folder in sorted(plan.owned):
+                add_owned(tar, folder, plan.owned[folder])
+            for entry in plan.root_databases:
+                with _db_lock(entry):
+                    files.extend(_copy_database(tar, w, entry, threshold))
             files.sort(key=lambda f: f["path"])
             manifest = {
                 "type": MANIFEST_TYPE,

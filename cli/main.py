@@ -17,7 +17,9 @@ import typer
 from typer.core import TyperGroup
 
 from pai import __version__
+from pai.cli import audit as audit_cmd
 from pai.cli import backup as backup_cmd
+from pai.cli import bundle as bundle_cmd
 from pai.cli import keys as keys_cmd
 from pai.cli.output import error
 from pai.errors import PaiError
@@ -85,6 +87,8 @@ def root(
 
 
 app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(bundle_cmd.app, name="bundle")
+app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(backup_cmd.app, name="backup")
 
 

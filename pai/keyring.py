@@ -118,7 +118,7 @@ def rotate(
     Returns (old kid, new key). The revocation list's serial grows by one.
     """
     keys = p.keys
-    root = load_private(keys / "root.key", passphrase)
+    root = load_private_root(p, passphrase)
     old = current_kid(p)
     previous = load_revocations(p)
     entries: list[dict[str, str]] = list(previous["body"]["revoked"]) if previous else []
@@ -158,3 +158,8 @@ def load_signer_public(p: Paths) -> dict[str, Any]:
         "revoked": [r["kid"] for r in revocations["body"]["revoked"]] if revocations else [],
         "revocation_serial": revocations["body"]["serial"] if revocations else 0,
     }
+
+
+def load_private_root(p: Paths, passphrase: bytes | None = None) -> PrivateKey:
+    """The root private key (needed only to certify or revoke)."""
+    return load_private(p.keys / "root.key", passphrase)

@@ -43,11 +43,36 @@ class Demo:
         return proc
 
 
+def make_payload(folder: Path) -> Path:
+    """A small stand-in for what the build site packs: a model, an index, a playbook."""
+    (folder / "models" / "minilm").mkdir(parents=True, exist_ok=True)
+    (folder / "models" / "minilm" / "model.onnx").write_bytes(bytes(range(256)) * 4096)
+    (folder / "models" / "minilm" / "tokenizer.json").write_text('{"model": "demo"}\n')
+    (folder / "indexes" / "kb").mkdir(parents=True, exist_ok=True)
+    (folder / "indexes" / "kb" / "index.faiss").write_bytes(b"\x00" * 65536)
+    (folder / "playbooks").mkdir(exist_ok=True)
+    (folder / "playbooks" / "site.yml").write_text("- hosts: all\n  tasks: []\n")
+    return folder
+
+
 def run(demo: Demo) -> None:
     build, site = demo.build_home, demo.site_home
     demo.pai("keys", "init", home=build)
     demo.pai("keys", "trust", "add", str(build / "keys" / "root.pub"), home=site)
     demo.pai("keys", "trust", "list", home=site)
+    payload = make_payload(demo.workdir / "crm-ai")
+    bundle = demo.workdir / "crm-ai-1.0.0.pai"
+    demo.pai(
+        "bundle", "pack", str(payload), "--name", "crm-ai", "--version", "1.0.0",
+        "--expires", "90d", "--component", "minilm=model:models/minilm/",
+        "--component", "kb=index:indexes/kb/", "-o", str(bundle), home=build,
+    )  # fmt: skip
+    demo.pai("bundle", "verify", str(bundle), home=site)
+    demo.pai("bundle", "inspect", str(bundle), home=site)
+    demo.pai("audit", "checkpoint", home=site)
+    demo.pai("audit", "verify", home=site)
+    report = demo.workdir / "audit-report.html"
+    demo.pai("audit", "export", "--format", "html", "-o", str(report), home=site)
     # Disaster recovery: the operator's identity stays off the node; cron needs only the recipient.
     identity = demo.workdir / "operator" / "backup-identity.txt"
     made = demo.pai("backup", "keygen", "-o", str(identity), "--json", home=site)

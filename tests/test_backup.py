@@ -33,7 +33,7 @@ from pai.settings import paths
 
 AGE = shutil.which("age")
 needs_age = pytest.mark.skipif(AGE is None, reason="Debian package `age` is not installed")
-BUNDLE_SIZE = 2 * 1024 * 1024 + 17
+BUNDLE_SIZE = 4 * 1024 * 1024 + 17
 
 
 def _pai_subprocess(*args: str, home: Path) -> list[str]:
@@ -65,7 +65,7 @@ def state(pai_home: Path, cli) -> Path:  # type: ignore[no-untyped-def]
     assert cli("keys", "init").exit_code == 0
     assert cli("keys", "trust", "add", str(pai_home / "keys" / "root.pub")).exit_code == 0
     (pai_home / "config.toml").write_text(
-        "[backup]\nscrypt_work_factor = 10\nblob_threshold = 2000000\n"  # the bundle, not the db
+        "[backup]\nscrypt_work_factor = 10\nblob_threshold = 4000000\n"  # the bundle, not the db
     )
     bundles = pai_home / "bundles" / "crm-assistant"
     bundles.mkdir(parents=True)
@@ -75,9 +75,7 @@ def state(pai_home: Path, cli) -> Path:  # type: ignore[no-untyped-def]
     (pai_home / "indexes" / "docs.faiss").write_bytes(os.urandom(40_000))
     for i in range(5):
         record_event("test.seed", resource=f"item:{i}")
-    (pai_home / "audit" / "checkpoints.jsonl").write_text(
-        json.dumps({"body": {"seq": 1, "head": _audit_hashes(pai_home)[1]}}) + "\n"
-    )
+    assert cli("audit", "checkpoint").exit_code == 0  # a signed line in audit/checkpoints.jsonl
     (pai_home / "cache").mkdir()
     (pai_home / "cache" / "tokens.bin").write_bytes(b"x" * 100)
     return pai_home
@@ -496,7 +494,7 @@ def test_round_trip_while_audit_events_are_appended(cli, state, identity, repo, 
             source.pop(rel)
     assert restored == source
     chain = verify_audit_chain(target)
-    assert chain["ok"] and chain["checkpoints"]["count"] == 1
+    assert chain["ok"] and chain["verify"]["checkpoints"] >= 1, chain
     live = _audit_hashes(state)
     assert len(live) > chain["events"] > start
     assert live[chain["events"]] == chain["head"]  # the restored log is a prefix of the live one
@@ -724,7 +722,7 @@ def test_drill_passes_and_fails_with_evidence(cli, state, identity, repo, tmp_pa
     bad = cli("backup", "drill", forged, "--repo", str(repo), "-i", str(key), "--json")
     assert bad.exit_code == 1
     assert bad.json()["result"] == "fail" and not bad.json()["checks"]["audit_chain"]
-    assert "audit chain broken at event 3" in bad.json()["audit"]["error"]
+    assert "event 3 was modified" in bad.json()["audit"]["error"]
 
 
 def test_manifest_path_escape_is_refused(cli, state, identity, repo, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -767,7 +765,7 @@ def test_large_databases_are_chunked_so_unchanged_blocks_are_not_stored_again(
     with connect(
         state / "state.duckdb", schema="CREATE TABLE IF NOT EXISTS t (i BIGINT, s VARCHAR)"
     ) as con:
-        con.execute("INSERT INTO t SELECT range, md5(range::VARCHAR) FROM range(300000)")
+        con.execute("INSERT INTO t SELECT range, md5(range::VARCHAR) FROM range(1000000)")
         con.execute("CHECKPOINT")
     db_size = (state / "state.duckdb").stat().st_size
     assert db_size > 4 * 1024 * 1024
@@ -776,7 +774,7 @@ def test_large_databases_are_chunked_so_unchanged_blocks_are_not_stored_again(
         con.execute("INSERT INTO t VALUES (-1, 'one more row')")
         con.execute("CHECKPOINT")
     second = _create(cli, repo, recipient)
-    assert second["new_bytes"] < db_size // 2  # only the changed chunks, not the whole database
+    assert second["new_bytes"] < db_size // 3  # only the changed chunks, not the whole database
     verified = cli("backup", "verify", "--all", "--repo", str(repo), "-i", str(key))
     assert verified.exit_code == 0, verified.output
     target = tmp_path / "restored"
@@ -796,7 +794,7 @@ def test_large_databases_are_chunked_so_unchanged_blocks_are_not_stored_again(
     )
     assert _sha(target / "state.duckdb") == _sha(state / "state.duckdb")
     with connect(target / "state.duckdb", read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM t").fetchone() == (300001,)
+        assert con.execute("SELECT count(*) FROM t").fetchone() == (1000001,)
 
 
 def test_restore_refuses_to_swap_a_mount_point(cli, state, identity, repo, tiny_disk) -> None:  # type: ignore[no-untyped-def]
