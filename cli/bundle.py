@@ -174,10 +174,16 @@ def extract(
 @app.command("inspect")
 def inspect(
     bundle: Path = typer.Argument(..., help="Bundle file, its first part, or its .parts.json."),
+    sbom: bool = typer.Option(False, "--sbom", help="Print the bundle's CycloneDX SBOM."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Show components, sizes, signers, expiry and version from the first members (unverified)."""
     set_json(json_out)
+    if sbom:
+        from pai.cli.bundle_build import show_sbom
+
+        show_sbom(bundle)
+        return
     _whole, index = resolve_inputs(bundle)
     first = index or bundle
     manifest = read_manifest(first)

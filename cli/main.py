@@ -20,6 +20,7 @@ from pai import __version__
 from pai.cli import audit as audit_cmd
 from pai.cli import backup as backup_cmd
 from pai.cli import bundle as bundle_cmd
+from pai.cli import bundle_build  # noqa: F401  (registers build, apply-delta on `pai bundle`)
 from pai.cli import keys as keys_cmd
 from pai.cli.output import error
 from pai.errors import PaiError

@@ -43,16 +43,17 @@ class Demo:
         return proc
 
 
-def make_payload(folder: Path) -> Path:
-    """A small stand-in for what the build site packs: a model, an index, a playbook."""
-    (folder / "models" / "minilm").mkdir(parents=True, exist_ok=True)
-    (folder / "models" / "minilm" / "model.onnx").write_bytes(bytes(range(256)) * 4096)
-    (folder / "models" / "minilm" / "tokenizer.json").write_text('{"model": "demo"}\n')
-    (folder / "indexes" / "kb").mkdir(parents=True, exist_ok=True)
-    (folder / "indexes" / "kb" / "index.faiss").write_bytes(b"\x00" * 65536)
-    (folder / "playbooks").mkdir(exist_ok=True)
-    (folder / "playbooks" / "site.yml").write_text("- hosts: all\n  tasks: []\n")
-    return folder
+def prepare_spec(demo: Demo, documents: int = 2000) -> Path:
+    """The example spec beside a synthetic CRM data set (a subset, to keep the demo short)."""
+    sys.path.insert(0, str(ROOT))
+    from pai.crm.synthetic import write
+
+    folder = demo.workdir / "spec"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROOT / "examples" / "demo-bundle.toml", folder / "demo-bundle.toml")
+    data = write(folder / "data", total=documents)
+    print(f"\nsynthetic CRM data: {documents} documents in {data}")
+    return folder / "demo-bundle.toml"
 
 
 def run(demo: Demo) -> None:
@@ -60,15 +61,14 @@ def run(demo: Demo) -> None:
     demo.pai("keys", "init", home=build)
     demo.pai("keys", "trust", "add", str(build / "keys" / "root.pub"), home=site)
     demo.pai("keys", "trust", "list", home=site)
-    payload = make_payload(demo.workdir / "crm-ai")
-    bundle = demo.workdir / "crm-ai-1.0.0.pai"
-    demo.pai(
-        "bundle", "pack", str(payload), "--name", "crm-ai", "--version", "1.0.0",
-        "--expires", "90d", "--component", "minilm=model:models/minilm/",
-        "--component", "kb=index:indexes/kb/", "-o", str(bundle), home=build,
-    )  # fmt: skip
+    # Build site: the demo bundle (int8 MiniLM, FAISS index over CRM data, wheels, SBOM).
+    spec = prepare_spec(demo)
+    bundle = demo.workdir / "crm-demo-1.0.0.pai"
+    demo.pai("bundle", "build", str(spec), "-o", str(bundle), home=build)
+    # Air-gapped site: verify every byte, then look inside.
     demo.pai("bundle", "verify", str(bundle), home=site)
     demo.pai("bundle", "inspect", str(bundle), home=site)
+    demo.pai("bundle", "inspect", "--sbom", str(bundle), home=site)
     demo.pai("audit", "checkpoint", home=site)
     demo.pai("audit", "verify", home=site)
     report = demo.workdir / "audit-report.html"
