@@ -845,3 +845,20 @@ def test_copy_from_a_read_only_medium(cli, state, identity, repo, tmp_path) -> N
         subprocess.run(["umount", str(shelf)], check=True)
     assert result.exit_code == 0, result.output
     assert len(result.json()["copied"]) == 1
+
+
+def test_sealed_audit_segments_come_back_and_the_drill_verifies_them(
+    cli, state, identity, repo
+) -> None:  # type: ignore[no-untyped-def]
+    key, recipient = identity
+    sealed = cli("audit", "seal", "--before", "2100-01-01")
+    assert sealed.exit_code == 0, sealed.output
+    record_event("test.after-seal", resource="item:late")
+    segments = sorted(p.name for p in (state / "audit" / "segments").iterdir())
+    assert segments
+    snap = _create(cli, repo, recipient)["snapshot"]
+    drill = cli("backup", "drill", snap, "--repo", str(repo), "-i", str(key), "--json")
+    assert drill.exit_code == 0, drill.output
+    evidence = drill.json()
+    assert evidence["result"] == "pass"
+    assert evidence["audit"]["verify"]["segments"] == 1 and evidence["audit"]["events"] >= 7
