@@ -25,9 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import duckdb
-
-from pai.audit.log import SCHEMA as AUDIT_SCHEMA
+from pai.audit import pending, record_events
+from pai.settings import paths
 
 PAI = [sys.executable, "-m", "pai.cli"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,14 +57,14 @@ def build_state(home: Path, size_mib: int) -> int:
         line = b'{"id":%d,"text":"' + b" ".join(words * 8) + b'"}\n'
         for i in range(90_000):
             out.write(line % i)
-    con = duckdb.connect(str(home / "audit" / "audit.duckdb"))
-    con.execute(AUDIT_SCHEMA)
-    con.execute(
-        "INSERT INTO events SELECT range + 1, '2026-11-26T00:00:00Z', 'serve', 'serve.embed',"
-        " 'index:docs', 'ok', '{}', sha256((range - 1)::VARCHAR), sha256(range::VARCHAR)"
-        " FROM range(200000)"
-    )
-    con.close()
+    # A real audit log: 200k events appended through the audit package, in batches.
+    site = paths(home)
+    for batch in range(20):
+        events = [
+            pending("serve.embed", resource=f"index:docs:{batch * 10_000 + i}", actor="serve")
+            for i in range(10_000)
+        ]
+        record_events(events, home=site)
     (home / "config.toml").write_text("[backup]\n")
     for small in range(200):
         (home / "docs" / f"note-{small}.txt").write_bytes(rng(2000))
