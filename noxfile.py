@@ -16,6 +16,26 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def provision(session: nox.Session) -> None:
+    """Provisioning integration tests on real SSH test hosts (needs root and debootstrap)."""
+    session.install("-e", ".[dev]")
+    session.run(
+        "pytest", "-m", "integration", "tests/integration/test_provision.py", *session.posargs
+    )
+
+
+@nox.session(name="ansible-lint")
+def ansible_lint(session: nox.Session) -> None:
+    """ansible-lint (production profile) over the packaged playbooks and roles, offline."""
+    session.install("ansible-lint", "ansible-core>=2.17,<2.20")
+    session.chdir("playbooks")
+    session.run(
+        "ansible-lint", "install.yml", "rollback.yml", "roles",
+        env={"ANSIBLE_ROLES_PATH": "roles"},
+    )  # fmt: skip
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.install("ruff")
