@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # System packages the tests and the demo use. Keep this the only list.
-APT_PACKAGES=(openssl iproute2 util-linux debootstrap openssh-client nftables)
+APT_PACKAGES=(openssl iproute2 util-linux debootstrap openssh-client nftables age restic zstd)
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 EXTRAS=${PAI_EXTRAS:-dev,build}

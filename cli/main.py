@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from pai import __version__
 from pai.cli import audit as audit_cmd
+from pai.cli import backup as backup_cmd
 from pai.cli import bundle as bundle_cmd
 from pai.cli import bundle_build  # noqa: F401  (registers build, apply-delta on `pai bundle`)
 from pai.cli import install as install_cmd
@@ -90,6 +91,7 @@ def root(
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(bundle_cmd.app, name="bundle")
 app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(backup_cmd.app, name="backup")
 install_cmd.register(app)
 
 

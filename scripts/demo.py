@@ -10,6 +10,7 @@ Usage: ./dev.sh demo [--workdir DIR] [--keep]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -72,6 +73,13 @@ def run(demo: Demo) -> None:
     demo.pai("audit", "verify", home=site)
     report = demo.workdir / "audit-report.html"
     demo.pai("audit", "export", "--format", "html", "-o", str(report), home=site)
+    # Disaster recovery: the operator's identity stays off the node; cron needs only the recipient.
+    identity = demo.workdir / "operator" / "backup-identity.txt"
+    made = demo.pai("backup", "keygen", "-o", str(identity), "--json", home=site)
+    recipient = json.loads(made.stdout)["recipient"]
+    repo = demo.workdir / "backup-repo"
+    demo.pai("backup", "create", "--repo", str(repo), "-r", recipient, home=site)
+    demo.pai("backup", "verify", "latest", "--repo", str(repo), "-i", str(identity), home=site)
 
 
 def main() -> None:
