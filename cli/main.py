@@ -17,7 +17,10 @@ import typer
 from typer.core import TyperGroup
 
 from pai import __version__
+from pai.cli import doctor as doctor_cmd
 from pai.cli import keys as keys_cmd
+from pai.cli import serve as serve_cmd
+from pai.cli import token as token_cmd
 from pai.cli.output import error
 from pai.errors import PaiError
 
@@ -84,6 +87,9 @@ def root(
 
 
 app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(token_cmd.app, name="token")
+app.command("serve")(serve_cmd.serve)
+app.command("doctor")(doctor_cmd.doctor)
 
 
 def main() -> None:
