@@ -11,7 +11,7 @@ cd "$(dirname "$0")"
 APT_PACKAGES=(openssl iproute2 util-linux)
 PYTHON=${PYTHON:-python3}
 VENV=.venv
-EXTRAS=${PAI_EXTRAS:-dev}
+EXTRAS=${PAI_EXTRAS:-dev,build}
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

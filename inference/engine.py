@@ -1,0 +1,344 @@
+"""The embedding engine: one code path for the bundle builder and the daemon.
+
+A model folder (the layout documented in docs/formats/bundle-spec.md, "Model folder") holds
+``model.onnx``, ``tokenizer.json`` and ``pai-model.json``. The engine tokenizes with the Rust
+``tokenizers`` fast tokenizer, runs an onnxruntime session and pools the last hidden state
+(mean or CLS, as ``pai-model.json`` says), L2-normalising when it says so.
+
+Texts are sorted by token length and batched so that a batch pads only to its own longest
+member: short CRM notes next to long ones would otherwise pay for the long ones' padding.
+The CUDA execution provider is used when onnxruntime-gpu sees a GPU; the CPU provider is the
+default, and the only one tested on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from pai.errors import NotFoundError, PaiError, UsageError
+
+MODEL_CONFIG = "pai-model.json"
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+MODEL_FORMAT = "pai-model/1"
+DEFAULT_BATCH_SIZE = 32
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+Embeddings = npt.NDArray[np.float32]
+
+
+class ModelError(PaiError):
+    """A model folder is missing a file, or its files are unreadable or inconsistent."""
+
+    code = "model"
+
+
+class InputTooLongError(UsageError):
+    """A text is longer than the model's maximum length and truncation was not allowed."""
+
+    code = "input-too-long"
+
+
+class InvalidTokensError(UsageError):
+    """Token ids given directly are outside the model's vocabulary or empty."""
+
+    code = "invalid-tokens"
+
+
+class ProviderError(PaiError):
+    """An execution provider was asked for that this onnxruntime cannot give."""
+
+    code = "provider"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What ``pai-model.json`` says about a model; the rest of the document is kept in ``raw``."""
+
+    name: str
+    version: str
+    dtype: str
+    pooling: str
+    normalize: bool
+    max_length: int
+    dimension: int
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, model_dir: Path) -> ModelConfig:
+        path = model_dir / MODEL_CONFIG
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"{model_dir} is not a model folder: {MODEL_CONFIG} is missing",
+                hint="build models with `pai bundle build`",
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read {path}: {exc}") from None
+        return cls.from_dict(raw, where=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: Any, *, where: str) -> ModelConfig:
+        if not isinstance(raw, dict) or raw.get("format") != MODEL_FORMAT:
+            raise ModelError(f"{where} is not a {MODEL_FORMAT} document")
+        try:
+            config = cls(
+                name=str(raw["name"]),
+                version=str(raw["version"]),
+                dtype=str(raw["dtype"]),
+                pooling=str(raw["pooling"]),
+                normalize=bool(raw["normalize"]),
+                max_length=int(raw["max_length"]),
+                dimension=int(raw["dimension"]),
+                raw=raw,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{where} lacks or has a bad field: {exc}") from None
+        if config.pooling not in ("mean", "cls"):
+            raise ModelError(f"{where}: pooling must be mean or cls, not {config.pooling!r}")
+        if config.max_length < 2 or config.dimension < 1:
+            raise ModelError(f"{where}: max_length and dimension must be positive")
+        return config
+
+
+def available_providers() -> list[str]:
+    """Execution providers this onnxruntime build offers, in pai's order of preference."""
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    return [p for p in (CUDA, CPU) if p in have]
+
+
+def default_providers() -> list[str]:
+    """CUDA first when onnxruntime-gpu is installed and sees a GPU, then the CPU."""
+    from pai.inference.gpu import gpu_count
+
+    have = available_providers()
+    if CUDA in have and gpu_count() > 0:
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer's post-processor puts before and after the content ([CLS], [SEP]).
+
+    Learned from the tokenizer itself so that token arrays sent by clients get the same
+    framing as text would, whatever the model family.
+    """
+    bare = tokenizer.encode("hello", add_special_tokens=False).ids
+    full = tokenizer.encode("hello", add_special_tokens=True).ids
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return list(full[:start]), list(full[start + len(bare) :])
+    return [], []
+
+
+class EmbeddingEngine:
+    """A loaded model: tokenizer, onnxruntime session and pooling settings."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        config: ModelConfig,
+        session: Any,
+        tokenizer: Any,
+        counter: Any,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self.model_dir = model_dir
+        self.config = config
+        self._session = session
+        self._tokenizer = tokenizer
+        self._counter = counter
+        self.batch_size = batch_size
+        self._inputs = {i.name for i in session.get_inputs()}
+        outputs = [o.name for o in session.get_outputs()]
+        self._output = "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
+        self._prefix, self._suffix = _special_tokens(counter)
+        self._vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
+        self._pad_id = int(config.raw.get("pad_token_id", 0))
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        *,
+        providers: list[str] | None = None,
+        threads: int = 0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> EmbeddingEngine:
+        """Open the model folder; ``providers`` defaults to CUDA when present, else CPU.
+
+        Raises NotFoundError or ModelError for a bad folder, ProviderError for a provider this
+        onnxruntime lacks.
+        """
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        model_dir = Path(model_dir)
+        config = ModelConfig.read(model_dir)
+        for needed in (MODEL_FILE, TOKENIZER_FILE):
+            if not (model_dir / needed).is_file():
+                raise ModelError(f"model folder {model_dir} lacks {needed}")
+        chosen = list(providers) if providers else default_providers()
+        missing = [p for p in chosen if p not in ort.get_available_providers()]
+        if missing:
+            raise ProviderError(
+                f"onnxruntime here has no {', '.join(missing)}",
+                hint="install the `gpu` extra on a GPU node, or use the CPU provider",
+            )
+        try:
+            tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
+            counter = Tokenizer.from_str(tokenizer.to_str())
+        except Exception as exc:
+            raise ModelError(f"cannot load {model_dir / TOKENIZER_FILE}: {exc}") from None
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=config.max_length)
+        counter.no_padding()
+        counter.no_truncation()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                str(model_dir / MODEL_FILE), sess_options=options, providers=chosen
+            )
+        except Exception as exc:
+            raise ModelError(f"onnxruntime cannot load {model_dir / MODEL_FILE}: {exc}") from None
+        return cls(model_dir, config, session, tokenizer, counter, batch_size=batch_size)
+
+    # -- what the daemon and the bundle reports show ---------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+    @property
+    def dimension(self) -> int:
+        return self.config.dimension
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_length
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    # -- tokens ----------------------------------------------------------------------------
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text would take, special tokens included, before any truncation."""
+        return [len(e.ids) for e in self._counter.encode_batch(list(texts))]
+
+    def tokenize(self, texts: Sequence[str], *, truncate: bool = True) -> list[list[int]]:
+        """Token ids per text, truncated at ``max_length`` (or refused when ``truncate`` is off)."""
+        encodings = self._tokenizer.encode_batch(list(texts))
+        if not truncate:
+            for index, enc in enumerate(encodings):
+                if enc.overflowing:
+                    total = self.count_tokens([texts[index]])[0]
+                    raise InputTooLongError(
+                        f"input {index} has {total} tokens; {self.name} takes at most "
+                        f"{self.max_length}",
+                        hint="shorten it or allow truncation",
+                    )
+        return [list(e.ids) for e in encodings]
+
+    def encode(self, text: str) -> list[int]:
+        """Content token ids of ``text`` without special tokens (for chunking)."""
+        return list(self._counter.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._counter.decode(list(ids)))
+
+    # -- embeddings ------------------------------------------------------------------------
+    def embed(self, texts: Sequence[str], *, truncate: bool = True) -> Embeddings:
+        """Embeddings of ``texts`` as float32 (n, dimension), in input order."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return self._embed_ids(self.tokenize(texts, truncate=truncate))
+
+    def embed_tokens(
+        self, token_ids: Sequence[Sequence[int]], *, truncate: bool = True
+    ) -> Embeddings:
+        """Embeddings of pre-tokenized content (the OpenAI API's token-array input).
+
+        The ids are this model's vocabulary ids without special tokens; the engine frames
+        them with the model's own ([CLS] ... [SEP] for BERT) exactly as for text.
+        """
+        room = self.max_length - len(self._prefix) - len(self._suffix)
+        framed: list[list[int]] = []
+        for index, ids in enumerate(token_ids):
+            content = [int(i) for i in ids]
+            if not content:
+                raise InvalidTokensError(f"token array {index} is empty")
+            bad = [i for i in content if i < 0 or i >= self._vocab_size]
+            if bad:
+                raise InvalidTokensError(
+                    f"token array {index} has id {bad[0]} outside the vocabulary "
+                    f"(0..{self._vocab_size - 1}) of {self.name}"
+                )
+            if len(content) > room:
+                if not truncate:
+                    total = len(content) + self.max_length - room
+                    raise InputTooLongError(
+                        f"token array {index} has {total} tokens; "
+                        f"{self.name} takes at most {self.max_length}"
+                    )
+                content = content[:room]
+            framed.append([*self._prefix, *content, *self._suffix])
+        if not framed:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return self._embed_ids(framed)
+
+    def _embed_ids(self, ids: list[list[int]]) -> Embeddings:
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = np.empty((len(ids), self.dimension), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            out[chunk] = self._run([ids[i] for i in chunk])
+        return out
+
+    def _run(self, batch: list[list[int]]) -> Embeddings:
+        width = max(len(ids) for ids in batch)
+        input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = ids
+            mask[row, : len(ids)] = 1
+        feed: dict[str, npt.NDArray[np.int64]] = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feed["token_type_ids"] = np.zeros_like(input_ids)
+        feed = {k: v for k, v in feed.items() if k in self._inputs}
+        hidden = np.asarray(self._session.run([self._output], feed)[0], dtype=np.float32)
+        if hidden.ndim == 2:  # a graph that already pools
+            pooled = hidden
+        elif self.config.pooling == "cls":
+            pooled = hidden[:, 0, :]
+        else:
+            weights = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        if pooled.shape[1] != self.dimension:
+            raise ModelError(
+                f"{self.name} produced {pooled.shape[1]}-dimensional vectors; "
+                f"{MODEL_CONFIG} says {self.dimension}"
+            )
+        if self.config.normalize:
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            pooled = pooled / np.clip(norms, 1e-12, None)
+        return pooled.astype(np.float32, copy=False)
