@@ -461,6 +461,9 @@ def _search(
 
 
 def _hit(row: Any) -> dict[str, Any]:
+    """A hit as JSON; the tenant is the caller's own and is not repeated."""
+    if hasattr(row, "as_dict"):
+        row = row.as_dict()
     if isinstance(row, dict):
         return {k: v for k, v in row.items() if k != "tenant"}
     if hasattr(row, "__dataclass_fields__"):

@@ -175,7 +175,12 @@ class Batcher:
                 continue
             batch = self._take()
             if batch:
-                await self._infer(batch)
+                try:
+                    await self._infer(batch)
+                except Exception as exc:  # never let one bad batch stop the collector
+                    for request, _, _ in batch:
+                        if not request.future.done():
+                            request.future.set_exception(exc)
 
     async def _fill(self) -> None:
         """After an idle spell, give a lone request ``max_wait`` to find company."""
@@ -239,12 +244,12 @@ class Batcher:
             return
         elapsed = time.perf_counter() - started
         self._seconds_per_text = 0.8 * self._seconds_per_text + 0.2 * elapsed / len(texts)
-        if self.observe is not None:
-            self.observe(len(texts), sum(counts), elapsed)
         offset = 0
         for request, s, e in batch:
             self._deliver(request, s, e, vectors, counts, offset)
             offset += e - s
+        if self.observe is not None:
+            self.observe(len(texts), sum(abs(c) for c in counts), elapsed)
 
     def _compute(self, texts: list[str], truncate: Sequence[bool]) -> tuple[np.ndarray, list[int]]:
         """On the inference thread: count tokens, refuse over-long strict inputs, embed."""

@@ -181,7 +181,6 @@ Loaded = tuple[
 def load_components(p: Paths, config: ServeConfig, sources: list[str]) -> Loaded:
     """Blocking: load every engine and index named by ``sources`` (run off the loop)."""
     from pai.inference.engine import EmbeddingEngine
-    from pai.inference.index import SearchIndex
 
     providers = cuda_providers(config.device)
     engines: list[tuple[Embedder, str]] = []
@@ -193,22 +192,23 @@ def load_components(p: Paths, config: ServeConfig, sources: list[str]) -> Loaded
         for model_dir in resolved.models:
             engines.append((EmbeddingEngine.load(model_dir, providers=providers), resolved.label))
         for name, index_dir, model in resolved.indexes:
-            index = SearchIndex.load(index_dir)
-            if config.device != "cpu" and hasattr(index, "to_gpu"):
-                index.to_gpu()
-            indexes.append((name or index_dir.name, index, model, resolved.label))
+            from pai.inference.index import SearchIndex
+
+            # GPU FAISS when present (device auto/cuda); filtered searches stay on the CPU copy.
+            index = SearchIndex.load(index_dir, use_gpu=False if config.device == "cpu" else None)
+            indexes.append((name or index.name, index, model, resolved.label))
     if not engines:
         raise BundleError("the sources hold no model to serve", hint="pass --bundle")
     return engines, indexes, infos
 
 
 def _index_model(index: Any, declared: str | None) -> str | None:
+    """The model whose vectors fill the index: ``name@version`` from pai-index.json."""
     if declared:
         return declared
-    for attr in ("model", "model_name"):
-        value = getattr(index, attr, None)
-        if isinstance(value, str) and value:
-            return value
+    config = getattr(index, "config", None)
+    if config is not None:
+        return f"{config.model}@{config.model_version}"
     return None
 
 
@@ -239,17 +239,27 @@ def assemble(
             gen.latest[engine.name] = model_id
     for name, index, declared, label in indexes:
         model = _index_model(index, declared)
-        if model is None or (model not in gen.latest and model not in gen.models):
-            model = next(iter(sorted(gen.latest.values())))
-        elif model in gen.latest:
+        if model in gen.latest:
             model = gen.latest[model]
+        if model is None or model not in gen.models:
+            raise BundleError(
+                f"index {name!r} was built with model {model}, which is not loaded",
+                hint="serve the bundle that holds that model version too",
+            )
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"search-{name}")
         gen.indexes[name] = IndexSlot(name, index, model, executor, label)
+    check_aliases(config, loaded)
+    return gen
+
+
+def check_aliases(config: ServeConfig, loaded: Loaded) -> None:
+    """Every alias target must be a loaded ``name@version`` or model name."""
+    names = {engine.name for engine, _ in loaded[0]}
+    ids = {f"{engine.name}@{engine.version}" for engine, _ in loaded[0]}
     for alias, targets in config.aliases.items():
         for target in targets:
-            if target not in gen.models and target not in gen.latest:
+            if target not in ids and target not in names:
                 raise BundleError(f"alias {alias!r} names {target!r}, which is not loaded")
-    return gen
 
 
 def _version_key(version: str) -> tuple[Any, ...]:

@@ -30,7 +30,7 @@ from pai.errors import StateError, UsageError
 from pai.fsutil import atomic_write_text
 from pai.inference.app import Daemon, build_app
 from pai.inference.config import ServeConfig
-from pai.inference.registry import load_components
+from pai.inference.registry import check_aliases, load_components
 from pai.settings import Paths
 from pai.timeutil import format_time, utcnow
 
@@ -82,6 +82,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after a graceful shutdown (killing the process with -15);
+    a drained daemon exits 0 instead, after its last words."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
 def _write_state(p: Paths, daemon: Daemon, host: str, port: int) -> None:
     gen = daemon.generation
     doc: dict[str, Any] = {
@@ -103,7 +114,8 @@ def serve(p: Paths, config: ServeConfig) -> None:
         log = sys.stderr if config.access_log == "-" else open(config.access_log, "a")  # noqa: SIM115
         daemon = Daemon(p, config, log=log)
         daemon.preloaded = load_components(p, config, list(config.bundles))
-        server = uvicorn.Server(
+        check_aliases(config, daemon.preloaded)
+        server = _Server(
             uvicorn.Config(
                 build_app(daemon),
                 log_level="warning",
