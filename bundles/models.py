@@ -107,6 +107,7 @@ class ModelSpec:
     opset: int | None = None
     min_mean_cosine: Decimal = DEFAULT_MIN_MEAN
     min_cosine: Decimal = DEFAULT_MIN_COSINE
+    fallback: bool = True
     calibration: tuple[str, ...] = CALIBRATION_TEXTS
 
 
@@ -267,7 +268,32 @@ def export_onnx(source: Path, out: Path, *, opset: int | None) -> None:
         raise ModelBuildError(f"ONNX export of {source} wrote no {MODEL_FILE}")
 
 
-def quantize_int8(fp32_dir: Path, out: Path, isa: str) -> dict[str, Any]:
+#: What stays in fp32 at each step of the accuracy gate's fallback ladder, as regular
+#: expressions over MatMul node names (``{last}`` is the last encoder layer's number). Step 0
+#: quantizes every MatMul; the feed-forward output projections (whose inputs carry the GELU
+#: outliers) are the most sensitive, then the last layer, whose errors nothing averages out.
+LADDER: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("all-int8", ()),
+    ("ffn-output-fp32", (r"layer\.\d+/output/dense/MatMul$",)),
+    ("ffn-output-and-last-layer-fp32", (r"layer\.\d+/output/dense/MatMul$", r"layer\.{last}/")),
+)
+
+
+def ladder_exclusions(model_path: Path, patterns: Sequence[str]) -> list[str]:
+    """Names of the MatMul nodes of ``model_path`` that ``patterns`` keep in fp32."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    names = [n.name for n in graph.node if n.op_type == "MatMul"]
+    layers = [int(m.group(1)) for n in names if (m := re.search(r"layer\.(\d+)/", n))]
+    last = str(max(layers)) if layers else "none"
+    regexes = [re.compile(p.replace("{last}", last)) for p in patterns]
+    return sorted(n for n in names if any(r.search(n) for r in regexes))
+
+
+def quantize_int8(
+    fp32_dir: Path, out: Path, isa: str, exclude: Sequence[str] = ()
+) -> dict[str, Any]:
     """Dynamic int8 quantization, per-channel (per-tensor lost ~5 points of cosine here)."""
     with offline_environment():
         from optimum.onnxruntime import ORTQuantizer
@@ -279,7 +305,7 @@ def quantize_int8(fp32_dir: Path, out: Path, isa: str) -> dict[str, Any]:
             "avx2": AutoQuantizationConfig.avx2,
             "arm64": AutoQuantizationConfig.arm64,
         }
-        qconfig = makers[isa](is_static=False, per_channel=True)
+        qconfig = makers[isa](is_static=False, per_channel=True, nodes_to_exclude=list(exclude))
         try:
             quantizer = ORTQuantizer.from_pretrained(str(fp32_dir), file_name=MODEL_FILE)
             quantizer.quantize(save_dir=str(out), quantization_config=qconfig)
@@ -297,6 +323,7 @@ def quantize_int8(fp32_dir: Path, out: Path, isa: str) -> dict[str, Any]:
         "activations": str(qconfig.activations_dtype.name).lower(),
         "reduce_range": bool(qconfig.reduce_range),
         "format": str(qconfig.format.name).lower(),
+        "fp32_nodes": list(exclude),
     }
 
 
@@ -398,24 +425,9 @@ def build_model(spec: ModelSpec, out: Path) -> dict[str, Any]:
         if spec.dtype != "fp32":
             final_dir = Path(tmp) / spec.dtype
             final_dir.mkdir()
-            if spec.dtype == "int8":
-                isa = detect_isa() if spec.isa == "auto" else spec.isa
-                quantization = quantize_int8(fp32_dir, final_dir, isa)
-            else:
-                quantization = convert_fp16(fp32_dir, final_dir)
-            for name in TOKENIZER_FILES:
-                if (fp32_dir / name).is_file():
-                    shutil.copyfile(fp32_dir / name, final_dir / name)
-            doc = _model_doc(spec, info, max_length, spec.dtype, final_dir)
-            atomic_write_bytes(final_dir / MODEL_CONFIG, canonical_bytes(doc))
             reference = EmbeddingEngine.load(fp32_dir, providers=[CPU])
-            candidate = EmbeddingEngine.load(final_dir, providers=[CPU])
-            gate = accuracy_gate(
-                reference,
-                candidate,
-                spec.calibration,
-                min_mean=spec.min_mean_cosine,
-                min_each=spec.min_cosine,
+            quantization, gate = _convert_with_gate(
+                spec, info, max_length, fp32_dir, final_dir, reference
             )
         doc = _model_doc(spec, info, max_length, spec.dtype, final_dir)
         doc["quantization"] = quantization
@@ -427,6 +439,52 @@ def build_model(spec: ModelSpec, out: Path) -> dict[str, Any]:
             shutil.copyfile(spec.source / "README.md", out / "README.md")
         atomic_write_bytes(out / MODEL_CONFIG, canonical_bytes(doc))
     return doc
+
+
+def _convert_with_gate(
+    spec: ModelSpec,
+    info: SourceInfo,
+    max_length: int,
+    fp32_dir: Path,
+    final_dir: Path,
+    reference: EmbeddingEngine,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Convert, then gate; for int8, walk the ladder until a step passes or none is left."""
+    steps = LADDER if spec.dtype == "int8" and spec.fallback else LADDER[:1]
+    failure: AccuracyGateError | None = None
+    for step, (label, patterns) in enumerate(steps):
+        if spec.dtype == "int8":
+            isa = detect_isa() if spec.isa == "auto" else spec.isa
+            exclude = ladder_exclusions(fp32_dir / MODEL_FILE, patterns)
+            quantization = quantize_int8(fp32_dir, final_dir, isa, exclude)
+            quantization["ladder_step"] = step
+            quantization["ladder"] = label
+        else:
+            quantization = convert_fp16(fp32_dir, final_dir)
+        for name in TOKENIZER_FILES:
+            if (fp32_dir / name).is_file():
+                shutil.copyfile(fp32_dir / name, final_dir / name)
+        doc = _model_doc(spec, info, max_length, spec.dtype, final_dir)
+        atomic_write_bytes(final_dir / MODEL_CONFIG, canonical_bytes(doc))
+        candidate = EmbeddingEngine.load(final_dir, providers=[CPU])
+        try:
+            gate = accuracy_gate(
+                reference,
+                candidate,
+                spec.calibration,
+                min_mean=spec.min_mean_cosine,
+                min_each=spec.min_cosine,
+            )
+        except AccuracyGateError as exc:
+            failure = exc
+            continue
+        gate["attempts"] = step + 1
+        return quantization, gate
+    assert failure is not None
+    tried = ", ".join(label for label, _ in steps)
+    raise AccuracyGateError(
+        f"{failure.message}; quantization steps tried: {tried}", hint=failure.hint
+    )
 
 
 def _model_doc(

@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from pai import __version__
+from pai.cli import bundle as bundle_cmd
 from pai.cli import doctor as doctor_cmd
 from pai.cli import keys as keys_cmd
 from pai.cli import serve as serve_cmd
@@ -90,6 +91,7 @@ app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(token_cmd.app, name="token")
 app.command("serve")(serve_cmd.serve)
 app.command("doctor")(doctor_cmd.doctor)
+app.add_typer(bundle_cmd.app, name="bundle")
 
 
 def main() -> None:

@@ -263,8 +263,12 @@ class EmbeddingEngine:
         """Content token ids of ``text`` without special tokens (for chunking)."""
         return list(self._counter.encode(text, add_special_tokens=False).ids)
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self._counter.decode(list(ids)))
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Character (start, end) of each content token of ``text``, for token-aware chunking."""
+        return [
+            (int(a), int(b))
+            for a, b in self._counter.encode(text, add_special_tokens=False).offsets
+        ]
 
     # -- embeddings ------------------------------------------------------------------------
     def embed(self, texts: Sequence[str], *, truncate: bool = True) -> Embeddings:
