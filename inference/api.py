@@ -88,7 +88,7 @@ def parse_embedding_request(body: dict[str, Any], max_inputs: int) -> EmbeddingR
     tokens: list[list[int]] | None = None
     if isinstance(raw, str):
         texts = [raw]
-    elif _is_token_array(raw):
+    elif isinstance(raw, list) and _is_token_array(raw):
         tokens = [list(raw)]
     elif isinstance(raw, list) and raw and all(isinstance(x, str) for x in raw):
         texts = list(raw)

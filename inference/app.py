@@ -109,7 +109,7 @@ class Daemon:
             gen = await self._load(list(self.config.bundles))
         self.generation = gen
         self.ready = True
-        self.auditor.record_now("serve.start", resource="serve", details=self._describe(gen))
+        self.auditor.lifecycle("serve.start", resource="serve", details=self._describe(gen))
         if self.on_ready is not None:
             self.on_ready()
 
@@ -132,7 +132,7 @@ class Daemon:
                 gen = await self._load(wanted)
             except PaiError as exc:
                 self.metrics.reloads.labels("failed").inc()
-                self.auditor.record_now(
+                self.auditor.lifecycle(
                     "serve.reload",
                     resource="serve",
                     outcome="failed",
@@ -143,7 +143,7 @@ class Daemon:
             self.verifier = self._verifier(self.config)
             self.generation = gen
             self.metrics.reloads.labels("ok").inc()
-            self.auditor.record_now("serve.reload", resource="serve", details=self._describe(gen))
+            self.auditor.lifecycle("serve.reload", resource="serve", details=self._describe(gen))
             if old is not None:
                 self._retiring.add(asyncio.get_running_loop().create_task(old.close()))
             if self.after_reload is not None:
@@ -157,10 +157,10 @@ class Daemon:
             await task
         if self.generation is not None:
             await self.generation.close()
-            self.auditor.record_now(
+            self.auditor.lifecycle(
                 "serve.stop", resource="serve", details=self._describe(self.generation)
             )
-        self.auditor.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.auditor.close)
 
     @staticmethod
     def _describe(gen: registry.Generation) -> dict[str, Any]:

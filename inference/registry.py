@@ -159,6 +159,7 @@ def resolve_source(p: Paths, source: str) -> _Source:
 def _extract(p: Paths, bundle: Path) -> tuple[Path, dict[str, Any]]:
     """Verify a bundle file against the trust store and extract it once per content hash."""
     from pai.bundles.extract import extract_bundle
+    from pai.trust import TrustStore
 
     digest = hashlib.sha256()
     with bundle.open("rb") as handle:
@@ -166,7 +167,7 @@ def _extract(p: Paths, bundle: Path) -> tuple[Path, dict[str, Any]]:
             digest.update(chunk)
     dest = p.home / "serve" / "bundles" / digest.hexdigest()[:16]
     if not (dest / "manifest.json").is_file():
-        verified = extract_bundle([bundle], dest, p.trust)
+        verified = extract_bundle([bundle], dest, TrustStore(p.trust), state=p)
         manifest = dict(verified.manifest)
     else:
         manifest = _read_json(dest / "manifest.json")
@@ -181,6 +182,7 @@ Loaded = tuple[
 def load_components(p: Paths, config: ServeConfig, sources: list[str]) -> Loaded:
     """Blocking: load every engine and index named by ``sources`` (run off the loop)."""
     from pai.inference.engine import EmbeddingEngine
+    from pai.inference.index import SearchIndex
 
     providers = cuda_providers(config.device)
     engines: list[tuple[Embedder, str]] = []
@@ -192,8 +194,6 @@ def load_components(p: Paths, config: ServeConfig, sources: list[str]) -> Loaded
         for model_dir in resolved.models:
             engines.append((EmbeddingEngine.load(model_dir, providers=providers), resolved.label))
         for name, index_dir, model in resolved.indexes:
-            from pai.inference.index import SearchIndex
-
             # GPU FAISS when present (device auto/cuda); filtered searches stay on the CPU copy.
             index = SearchIndex.load(index_dir, use_gpu=False if config.device == "cpu" else None)
             indexes.append((name or index.name, index, model, resolved.label))

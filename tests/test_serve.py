@@ -50,12 +50,42 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "m"
 
 
+DOCS = [
+    {
+        "id": "a1",
+        "tenant": "acme",
+        "text": "renewal quote for acme analytics seats",
+        "stage": "won",
+    },
+    {"id": "a2", "tenant": "acme", "text": "invoice dispute call back acme", "stage": "open"},
+    {"id": "a3", "tenant": "acme", "text": "pilot project rollout in europe", "stage": "won"},
+    {"id": "g1", "tenant": "globex", "text": "renewal quote for globex seats", "stage": "won"},
+    {"id": "g2", "tenant": "globex", "text": "globex invoice dispute", "stage": "lost"},
+]
+
+
 @pytest.fixture(scope="module")
-def bundles(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def notes_index(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pai.bundles.indexes import IndexSpec, build_index
+
+    root = tmp_path_factory.mktemp("index")
+    docs = root / "notes.jsonl"
+    docs.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    spec = IndexSpec(name="notes", model="tiny", documents=(docs,))
+    build_index(spec, EmbeddingEngine.load(tiny_model), root / "notes")
+    return root / "notes"
+
+
+@pytest.fixture(scope="module")
+def bundles(
+    tiny_model: Path, notes_index: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
     v2 = retag_model(tiny_model, root / "tiny-v2", "2.0.0")
     return {
-        "v1": write_bundle(root / "b1", "crm", "1.0.0", {"model:tiny": tiny_model}),
+        "v1": write_bundle(
+            root / "b1", "crm", "1.0.0", {"model:tiny": tiny_model, "index:notes": notes_index}
+        ),
         "v2": write_bundle(root / "b2", "crm", "2.0.0", {"model:tiny": v2}),
     }
 
@@ -197,6 +227,46 @@ def test_canary_alias_is_sticky_per_subject_and_uses_both_versions(server: Serve
                 seen.setdefault(f"user-{i}", set()).add(r.json()["model"])
     assert all(len(models) == 1 for models in seen.values())
     assert set().union(*seen.values()) == {"tiny@1.0.0", "tiny@2.0.0"}
+
+
+# ------------------------------------------------------------------ search
+
+
+def _search(
+    server: Server, tenant: str, body: dict[str, Any], index: str = "notes", scopes: str = "search"
+) -> httpx.Response:
+    with server.client(token(server.home, sub=f"s-{tenant}", tenant=tenant, scopes=scopes)) as http:
+        return http.post(f"/v1/indexes/{index}/search", json=body)
+
+
+def test_search_sees_only_the_tokens_tenant(server: Server) -> None:
+    acme = _search(server, "acme", {"query": "renewal quote seats", "k": 10, "tenant": "globex"})
+    assert acme.status_code == 200, acme.text
+    ids = [hit["id"] for hit in acme.json()["data"]]
+    assert sorted(ids) == ["a1", "a2", "a3"]
+    assert "tenant" not in acme.json()["data"][0]
+    globex = _search(server, "globex", {"query": "renewal quote seats", "k": 10})
+    assert sorted(hit["id"] for hit in globex.json()["data"]) == ["g1", "g2"]
+    nobody = _search(server, "initech", {"query": "renewal quote seats", "k": 10})
+    assert nobody.json()["data"] == []
+    smuggled = _search(server, "acme", {"query": "x", "filters": {"tenant": "globex"}})
+    assert smuggled.status_code == 400
+    assert smuggled.json()["error"]["code"] == "tenant_in_body"
+
+
+def test_search_with_filters_vectors_and_errors(server: Server, tiny_model: Path) -> None:
+    won = _search(server, "acme", {"query": "renewal", "k": 5, "filters": {"stage": "won"}})
+    assert sorted(hit["id"] for hit in won.json()["data"]) == ["a1", "a3"]
+    assert all(hit["metadata"]["stage"] == "won" for hit in won.json()["data"])
+    vector = EmbeddingEngine.load(tiny_model).embed(["invoice dispute call back acme"])[0]
+    by_vector = _search(server, "acme", {"vector": vector.tolist(), "k": 1})
+    assert by_vector.json()["data"][0]["id"] == "a2"
+    assert by_vector.json()["data"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    wrong_dim = _search(server, "acme", {"vector": [0.1, 0.2], "k": 1})
+    assert wrong_dim.status_code == 400
+    assert _search(server, "acme", {"query": "x"}, index="nope").status_code == 404
+    assert _search(server, "acme", {"query": "x", "k": 0}).status_code == 400
+    assert _search(server, "acme", {"query": "x"}, scopes="embed").status_code == 403
 
 
 # ------------------------------------------------------------------ auth
@@ -501,3 +571,51 @@ def test_token_cli_issue_and_errors(cli, pai_home: Path) -> None:
     assert "scopes must be among" in bad.stderr
     wrong_alg = cli("token", "keygen", "--alg", "none")
     assert wrong_alg.exit_code == 2
+
+
+def test_serves_a_signed_bundle_file_after_verifying_it(
+    cli, keys: Path, pai_home: Path, tmp_path: Path, tiny_model: Path, notes_index: Path
+) -> None:
+    import shutil
+
+    payload = tmp_path / "payload"
+    shutil.copytree(tiny_model, payload / "models" / "tiny")
+    shutil.copytree(notes_index, payload / "indexes" / "notes")
+    out = tmp_path / "crm-ai-1.0.0.pai"
+    packed = cli(
+        "bundle",
+        "pack",
+        str(payload),
+        "--name",
+        "crm-ai",
+        "--version",
+        "1.0.0",
+        "-o",
+        str(out),
+        "--component",
+        "tiny=model:models/tiny/",
+        "--component",
+        "notes=index:indexes/notes/",
+    )
+    assert packed.exit_code == 0, packed.output
+    make_home(pai_home)
+    with Server(pai_home, "--bundle", str(out)) as srv:
+        ready = httpx.get(f"{srv.url}/readyz").json()
+        assert ready["models"] == ["tiny@1.0.0"] and ready["indexes"] == ["notes"]
+        assert ready["bundles"][0]["name"] == "crm-ai"
+        hits = _search(srv, "globex", {"query": "invoice", "k": 3}).json()["data"]
+        assert {h["id"] for h in hits} == {"g1", "g2"}
+
+    tampered = tmp_path / "tampered.pai"
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    refused = subprocess.run(
+        [sys.executable, "-m", "pai.cli", "serve", "--bundle", str(tampered), "--port", "0"],
+        env={"PAI_HOME": str(pai_home), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1
+    assert "error:" in refused.stderr and "Traceback" not in refused.stderr
