@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +37,7 @@ from pai.timeutil import utcnow
 
 SCOPES = ("embed", "search", "admin")
 ALGORITHMS = ("EdDSA", "ES256", "RS256", "HS256")
+MAX_CACHED_TOKENS = 10_000
 _KID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -244,10 +247,31 @@ class TokenVerifier:
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway
+        #: Tokens that verified, with their expiry: a client sends the same token thousands of
+        #: times, and a signature check per request would cost more than the HTTP parsing.
+        self._verified: OrderedDict[str, tuple[Principal, float, float]] = OrderedDict()
 
     def verify(self, authorization: str | None) -> Principal:
         """The principal of an ``Authorization: Bearer ...`` header, or :class:`AuthError`."""
         token = _bearer(authorization)
+        hit = self._verified.get(token)
+        if hit is not None:
+            principal, not_before, expires = hit
+            now = time.time()
+            if not_before - self.leeway <= now < expires + self.leeway:
+                return principal
+            del self._verified[token]
+        principal, claims = self._verify(token)
+        self._verified[token] = (
+            principal,
+            float(claims.get("nbf", 0)),
+            float(claims["exp"]),
+        )
+        while len(self._verified) > MAX_CACHED_TOKENS:
+            self._verified.popitem(last=False)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, dict[str, Any]]:
         header = _header(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg.lower() == "none":
@@ -263,7 +287,7 @@ class TokenVerifier:
                 "alg_mismatch", f"key {kid} is an {trusted.alg} key; the token says {alg}"
             )
         claims = self._decode(token, trusted)
-        return _principal(claims, kid)
+        return _principal(claims, kid), claims
 
     def _decode(self, token: str, trusted: TrustedKey) -> dict[str, Any]:
         try:
