@@ -1,44 +1,38 @@
 """Appending events to the hash-chained audit log.
 
-Every state-changing command of every part of pai calls :func:`record_event`. Each row carries
-``prev_hash`` and ``hash = sha256(prev_hash_bytes || canonical(event))`` where ``event`` is the
-row's fields other than the two hashes (docs/formats/audit.md). Writers serialise on the
-database's lock file, so any number of processes may append.
+Every state-changing command of every part of pai calls :func:`record_event`; the inference
+daemon, which writes one event per request, hands events to an
+:class:`~pai.audit.batcher.AuditBatcher` instead. Both end in :func:`record_events`: one
+writer at a time (an exclusive flock on the database's lock file) reads the head, chains the
+new events onto it, inserts them in one transaction and commits before the lock is released.
+A call returns only once its events are durable, so an acknowledged event survives a crash of
+any process, and two writers can never both extend the same head (no fork).
 """
 
 from __future__ import annotations
 
 import getpass
-import hashlib
+import logging
 import os
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
-from pai.canonical import canonical_bytes
-from pai.db import connect
+from pai.audit.chain import body_bytes, chain_hash, check_fields, details_text
+from pai.audit.store import head, insert, open_log
 from pai.settings import Paths, paths
 from pai.timeutil import format_time, utcnow
 
-GENESIS = "0" * 64
-OUTCOMES = ("ok", "denied", "failed")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq BIGINT PRIMARY KEY,
-    time VARCHAR NOT NULL,
-    actor VARCHAR NOT NULL,
-    action VARCHAR NOT NULL,
-    resource VARCHAR NOT NULL,
-    outcome VARCHAR NOT NULL,
-    details VARCHAR NOT NULL,
-    prev_hash VARCHAR NOT NULL,
-    hash VARCHAR NOT NULL
-);
-"""
+log = logging.getLogger("pai.audit")
 
 
-def audit_db(p: Paths) -> Path:
-    return p.audit / "audit.duckdb"
+class PendingEvent(NamedTuple):
+    """An event before the log gives it a sequence number, time and hashes."""
+
+    action: str
+    resource: str
+    outcome: str
+    actor: str
+    details: str
 
 
 def default_actor() -> str:
@@ -52,23 +46,18 @@ def default_actor() -> str:
         return f"uid:{os.getuid()}"
 
 
-def event_body(
-    seq: int, time: str, actor: str, action: str, resource: str, outcome: str, details: Any
-) -> dict[str, Any]:
-    """The hashed part of an event, exactly as canonicalised."""
-    return {
-        "seq": seq,
-        "time": time,
-        "actor": actor,
-        "action": action,
-        "resource": resource,
-        "outcome": outcome,
-        "details": details,
-    }
-
-
-def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
-    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical_bytes(body)).hexdigest()
+def pending(
+    action: str,
+    *,
+    resource: str = "",
+    outcome: str = "ok",
+    actor: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> PendingEvent:
+    """Check and encode an event's caller-given fields (raises UsageError when invalid)."""
+    who = actor if actor is not None else default_actor()
+    check_fields(action, resource, outcome, who)
+    return PendingEvent(action, resource, outcome, who, details_text(details))
 
 
 def record_event(
@@ -84,35 +73,86 @@ def record_event(
 
     ``details`` must hold ids and hashes only: never secrets, never personal data.
     """
-    if outcome not in OUTCOMES:
-        raise ValueError(f"outcome must be one of {OUTCOMES}")
+    event = pending(action, resource=resource, outcome=outcome, actor=actor, details=details)
+    return record_events([event], home=home)[-1]
+
+
+def record_events(events: Sequence[PendingEvent], *, home: Paths | None = None) -> list[int]:
+    """Append events in one transaction; returns their sequence numbers once durable.
+
+    Event times are the UTC second of the append and never go backwards along the chain: a
+    writer whose clock is behind the head's time uses the head's time.
+    """
+    if not events:
+        return []
     p = home or paths()
-    with connect(audit_db(p.ensure()), schema=SCHEMA) as con:
-        row = con.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (int(row[0]) + 1, str(row[1])) if row else (1, GENESIS)
-        body = event_body(
-            seq,
-            format_time(utcnow()),
-            actor or default_actor(),
-            action,
-            resource,
-            outcome,
-            details or {},
-        )
-        digest = chain_hash(prev, body)
-        con.execute(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                seq,
-                body["time"],
-                body["actor"],
-                action,
-                resource,
-                outcome,
-                canonical_bytes(body["details"]).decode(),
+    with open_log(p, write=True) as con:
+        top = head(con)
+        now = format_time(utcnow())
+        when = now if now > top.time else top.time
+        prev = bytes.fromhex(top.hash)
+        seqs: list[int] = []
+        columns: dict[str, list[Any]] = {
+            name: []
+            for name in (
+                "seq",
+                "time",
+                "actor",
+                "action",
+                "resource",
+                "outcome",
+                "details",
+                "prev_hash",
+                "hash",
+            )
+        }
+        seq = top.seq
+        for event in events:
+            seq += 1
+            digest = chain_hash(
                 prev,
-                digest,
-            ],
-        )
-        con.execute("CHECKPOINT")
-    return seq
+                body_bytes(
+                    seq,
+                    when,
+                    event.actor,
+                    event.action,
+                    event.resource,
+                    event.outcome,
+                    event.details,
+                ),
+            )
+            columns["seq"].append(seq)
+            columns["time"].append(when)
+            columns["actor"].append(event.actor)
+            columns["action"].append(event.action)
+            columns["resource"].append(event.resource)
+            columns["outcome"].append(event.outcome)
+            columns["details"].append(event.details)
+            columns["prev_hash"].append(prev.hex())
+            columns["hash"].append(digest.hex())
+            seqs.append(seq)
+            prev = digest
+        insert(con, columns)
+        _auto_checkpoint(con, p, seq, prev.hex(), when)
+    return seqs
+
+
+def _auto_checkpoint(con: Any, p: Paths, seq: int, head_hash: str, when: str) -> None:
+    """Sign a checkpoint when the policy asks for one; the events are committed already.
+
+    A failure here (an unreadable node key, a full disk) must not turn acknowledged events
+    into an error for their caller, so it is logged and retried at the next append.
+    """
+    from pai.audit.checkpoints import due, make_checkpoint, policy
+    from pai.audit.store import Head
+    from pai.errors import PaiError
+    from pai.timeutil import parse_time
+
+    try:
+        top = Head(seq, head_hash, when)
+        if due(con, top, policy(p), parse_time(when)):
+            from pai.keyring import node_key
+
+            make_checkpoint(con, p, top, node_key(p))
+    except (PaiError, OSError) as exc:
+        log.warning("audit checkpoint not written: %s", exc)

@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from pai import __version__
+from pai.cli import audit as audit_cmd
 from pai.cli import bundle as bundle_cmd
 from pai.cli import doctor as doctor_cmd
 from pai.cli import keys as keys_cmd
@@ -92,6 +93,7 @@ app.add_typer(token_cmd.app, name="token")
 app.command("serve")(serve_cmd.serve)
 app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(bundle_cmd.app, name="bundle")
+app.add_typer(audit_cmd.app, name="audit")
 
 
 def main() -> None:
