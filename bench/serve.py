@@ -113,8 +113,12 @@ async def open_loop(port: int, requests: list[bytes], seconds: float, rate: floa
     await asyncio.gather(*tasks)
     for _, writer in idle:
         writer.close()
-    return {"statuses": statuses, "latencies": accepted, "errors": errors,
-            "elapsed": time.perf_counter() - start}
+    return {
+        "statuses": statuses,
+        "latencies": accepted,
+        "errors": errors,
+        "elapsed": time.perf_counter() - start,
+    }
 
 
 def client_main(spec_file: str) -> None:
@@ -133,7 +137,9 @@ def run_client(port: int, token: str, path: str, bodies: list[str], **spec: Any)
     try:
         out = subprocess.run(
             [sys.executable, __file__, "--client", handle.name],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
     finally:
         os.unlink(handle.name)
@@ -161,12 +167,19 @@ def build_assets(workdir: Path) -> tuple[Path, list[dict[str, Any]]]:
     docs_file = workdir / "docs.jsonl"
     docs_file.write_text("".join(json.dumps(d) + "\n" for d in docs))
     print("building the CRM index ...", flush=True)
-    build_index(IndexSpec(name="crm", model="minilm", documents=(docs_file,)),
-                EmbeddingEngine.load(model_dir), bundle / "indexes" / "crm")
-    manifest = {"name": "bench", "version": "1.0.0", "components": [
-        {"name": "minilm", "kind": "model", "path": "models/minilm/", "meta": {}},
-        {"name": "crm", "kind": "index", "path": "indexes/crm/", "meta": {}},
-    ]}
+    build_index(
+        IndexSpec(name="crm", model="minilm", documents=(docs_file,)),
+        EmbeddingEngine.load(model_dir),
+        bundle / "indexes" / "crm",
+    )
+    manifest = {
+        "name": "bench",
+        "version": "1.0.0",
+        "components": [
+            {"name": "minilm", "kind": "model", "path": "models/minilm/", "meta": {}},
+            {"name": "crm", "kind": "index", "path": "indexes/crm/", "meta": {}},
+        ],
+    }
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     return bundle, docs
 
@@ -219,7 +232,10 @@ class Daemon:
         self.log = (home / "serve.log").open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pai.cli", "serve", "--bundle", str(bundle), "--port", "0"],
-            stdout=subprocess.PIPE, stderr=self.log, env=env, text=True,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=env,
+            text=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -280,54 +296,123 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="pai-bench-serve-"))
     auth.generate_issuer_key(paths(home))
-    token, _ = auth.issue_token(paths(home), subject="bench", tenant=tenants[0],
-                                scopes=["embed", "search"], ttl=timedelta(hours=2),
-                                audience="pai-serve", issuer="pai")
-    config = "[serve]\ncache_entries = 0\nmax_batch_size = 64\nmax_queue = 1024\n" \
-             "access_log = \"" + str(home / "access.log") + "\"\n"
+    token, _ = auth.issue_token(
+        paths(home),
+        subject="bench",
+        tenant=tenants[0],
+        scopes=["embed", "search"],
+        ttl=timedelta(hours=2),
+        audience="pai-serve",
+        issuer="pai",
+    )
+    config = (
+        "[serve]\ncache_entries = 0\nmax_batch_size = 64\nmax_queue = 1024\n"
+        'access_log = "' + str(home / "access.log") + '"\n'
+    )
     daemon = Daemon(home, bundle, config)
     try:
         print("HTTP single sentences ...", flush=True)
         single = [json.dumps({"model": "minilm", "input": t}) for t in texts]
-        r1 = run_client(daemon.port, token, "/v1/embeddings", single, mode="closed",
-                        seconds=secs, clients=CLIENTS)
+        r1 = run_client(
+            daemon.port,
+            token,
+            "/v1/embeddings",
+            single,
+            mode="closed",
+            seconds=secs,
+            clients=CLIENTS,
+        )
         rate1 = r1["statuses"].get("200", 0) / r1["elapsed"]
-        rows.append(("embeddings, 32 clients, 1 sentence/request", f"{rate1:.0f} texts/s",
-                     f"{rate1 / raw_rate:.2f}x raw int8 ({raw_rate:.0f} texts/s)"))
+        rows.append(
+            (
+                "embeddings, 32 clients, 1 sentence/request",
+                f"{rate1:.0f} texts/s",
+                f"{rate1 / raw_rate:.2f}x raw int8 ({raw_rate:.0f} texts/s)",
+            )
+        )
         print("HTTP batches of 16 ...", flush=True)
-        batches = [json.dumps({"model": "minilm", "input": texts[i:i + 16]})
-                   for i in range(0, len(texts) - 16, 16)]
-        r16 = run_client(daemon.port, token, "/v1/embeddings", batches, mode="closed",
-                         seconds=secs, clients=CLIENTS)
+        batches = [
+            json.dumps({"model": "minilm", "input": texts[i : i + 16]})
+            for i in range(0, len(texts) - 16, 16)
+        ]
+        r16 = run_client(
+            daemon.port,
+            token,
+            "/v1/embeddings",
+            batches,
+            mode="closed",
+            seconds=secs,
+            clients=CLIENTS,
+        )
         rate16 = 16 * r16["statuses"].get("200", 0) / r16["elapsed"]
-        rows.append(("embeddings, 32 clients, 16 sentences/request", f"{rate16:.0f} texts/s",
-                     f"{rate16 / raw_rate:.2f}x raw int8"))
+        rows.append(
+            (
+                "embeddings, 32 clients, 16 sentences/request",
+                f"{rate16:.0f} texts/s",
+                f"{rate16 / raw_rate:.2f}x raw int8",
+            )
+        )
         fixed = max(1.0, rate1 / 2)
         print(f"fixed rate {fixed:.0f}/s ...", flush=True)
-        rl = run_client(daemon.port, token, "/v1/embeddings", single, mode="open",
-                        seconds=min(secs, 20), rate=fixed)
-        rows.append((f"latency at {fixed:.0f} req/s (50% of saturation)",
-                     f"p50 {pct(rl['latencies'], 0.5):.1f} ms", f"p99 "
-                     f"{pct(rl['latencies'], 0.99):.1f} ms"))
+        rl = run_client(
+            daemon.port,
+            token,
+            "/v1/embeddings",
+            single,
+            mode="open",
+            seconds=min(secs, 20),
+            rate=fixed,
+        )
+        rows.append(
+            (
+                f"latency at {fixed:.0f} req/s (50% of saturation)",
+                f"p50 {pct(rl['latencies'], 0.5):.1f} ms",
+                f"p99 {pct(rl['latencies'], 0.99):.1f} ms",
+            )
+        )
         print("HTTP search ...", flush=True)
-        searches = [json.dumps({"vector": [round(float(x), 6) for x in v], "k": 10})
-                    for v in np.asarray(query_vectors)]
-        rs = run_client(daemon.port, token, "/v1/indexes/crm/search", searches, mode="closed",
-                        seconds=min(secs, 15), clients=CLIENTS)
+        searches = [
+            json.dumps({"vector": [round(float(x), 6) for x in v], "k": 10})
+            for v in np.asarray(query_vectors)
+        ]
+        rs = run_client(
+            daemon.port,
+            token,
+            "/v1/indexes/crm/search",
+            searches,
+            mode="closed",
+            seconds=min(secs, 15),
+            clients=CLIENTS,
+        )
         qps = rs["statuses"].get("200", 0) / rs["elapsed"]
-        rows.append(("search, 32 clients, k=10, tenant-filtered", f"{qps:.0f} QPS",
-                     f"{qps / raw_qps:.2f}x in-process FAISS ({raw_qps:.0f} QPS)"))
+        rows.append(
+            (
+                "search, 32 clients, k=10, tenant-filtered",
+                f"{qps:.0f} QPS",
+                f"{qps / raw_qps:.2f}x in-process FAISS ({raw_qps:.0f} QPS)",
+            )
+        )
         over = 4 * rate1
         print(f"overload at {over:.0f} req/s ...", flush=True)
-        ro = run_client(daemon.port, token, "/v1/embeddings", single, mode="open",
-                        seconds=secs, rate=over)
+        ro = run_client(
+            daemon.port, token, "/v1/embeddings", single, mode="open", seconds=secs, rate=over
+        )
         codes = ro["statuses"]
         five = sum(v for k, v in codes.items() if k.startswith("5"))
-        rows.append(("overload 4x saturation, statuses",
-                     ", ".join(f"{k}: {v}" for k, v in sorted(codes.items())),
-                     f"5xx: {five}, connection errors: {ro['errors']}"))
-        rows.append(("overload, accepted requests", f"p50 {pct(ro['latencies'], 0.5):.0f} ms",
-                     f"p99 {pct(ro['latencies'], 0.99):.0f} ms"))
+        rows.append(
+            (
+                "overload 4x saturation, statuses",
+                ", ".join(f"{k}: {v}" for k, v in sorted(codes.items())),
+                f"5xx: {five}, connection errors: {ro['errors']}",
+            )
+        )
+        rows.append(
+            (
+                "overload, accepted requests",
+                f"p50 {pct(ro['latencies'], 0.5):.0f} ms",
+                f"p99 {pct(ro['latencies'], 0.99):.0f} ms",
+            )
+        )
         rss, peak = daemon.rss_mib()
         rows.append(("server memory", f"RSS {rss:.0f} MiB", f"peak {peak:.0f} MiB"))
     finally:
@@ -338,8 +423,10 @@ def main() -> None:
     print("-" * (width + 60))
     for name, value, ratio in rows:
         print(f"{name.ljust(width)} | {value:<22} | {ratio}")
-    print(f"\ncpus: {os.cpu_count()}, clients: {CLIENTS}, seconds per phase: {secs:g}, "
-          f"median latency single: {statistics.median(r1['latencies']) * 1000:.1f} ms")
+    print(
+        f"\ncpus: {os.cpu_count()}, clients: {CLIENTS}, seconds per phase: {secs:g}, "
+        f"median latency single: {statistics.median(r1['latencies']) * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from typing import Any
 from pai.settings import Paths
 
 _STOP = object()
+#: The longest an accepted request's audit event waits in memory before it is appended.
+FLUSH_INTERVAL_S = 0.5
 
 
 class RequestAuditor:
@@ -29,8 +31,12 @@ class RequestAuditor:
         self._batcher = _make_batcher(p) if enabled else None
         self._thread: threading.Thread | None = None
         self.failures = 0
+        self._stop = threading.Event()
         if enabled and self._batcher is None:
             self._thread = threading.Thread(target=self._write_loop, name="audit", daemon=True)
+            self._thread.start()
+        elif enabled:
+            self._thread = threading.Thread(target=self._tick, name="audit-tick", daemon=True)
             self._thread.start()
 
     def add(
@@ -60,13 +66,28 @@ class RequestAuditor:
 
     def close(self) -> None:
         """Write everything queued, then stop the writer (called once the daemon drained)."""
-        if self._batcher is not None:
-            self._batcher.close()
-            self._batcher = None
+        self._stop.set()
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join()
             self._thread = None
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
+
+    def _tick(self) -> None:
+        """Bound how long an event stays only in memory: flush the batcher every interval."""
+        from pai.errors import PaiError
+
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            batcher = self._batcher
+            if batcher is None:
+                return
+            try:
+                batcher.flush(timeout=30)
+            except PaiError as exc:  # still queued and retried; say so once per interval
+                self.failures += 1
+                sys.stderr.write(f'{{"event":"audit_error","error":"{exc.code}"}}\n')
 
     def _write_loop(self) -> None:
         from pai.audit import record_event

@@ -8,8 +8,10 @@ the GIL, so the loop keeps parsing HTTP meanwhile). While a batch runs, new requ
 and form the next batch: under load batches grow by themselves, and when idle a lone request
 waits at most ``max_wait``.
 
-The queue is bounded in texts: a request that would overflow it gets :class:`QueueFull`
-(HTTP 429 with Retry-After) instead of waiting without limit. :meth:`Batcher.close` stops
+The queue is bounded twice: in texts (``max_queue``) and in expected waiting time (the backlog
+times the measured seconds per text must stay under ``max_delay``), so under overload the
+requests that are accepted still finish quickly; the others get :class:`QueueFull` (HTTP 429
+with Retry-After) at once instead of waiting without limit. :meth:`Batcher.close` stops
 taking new requests and returns once every accepted one has been answered.
 """
 
@@ -111,6 +113,7 @@ class Batcher:
         max_tokens: int,
         max_wait: float,
         max_queue: int,
+        max_delay: float = 1.0,
         observe: BatchObserver | None = None,
     ) -> None:
         self.engine = engine
@@ -118,6 +121,7 @@ class Batcher:
         self.max_tokens = max(1, max_tokens)
         self.max_wait = max_wait
         self.max_queue = max(1, max_queue)
+        self.max_delay = max_delay
         self.observe = observe
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{engine.name}")
         self._pending: deque[_Request] = deque()
@@ -139,8 +143,11 @@ class Batcher:
         """Embed ``texts`` as part of whatever batches form; raises QueueFull, Draining."""
         if self._closing:
             raise Draining()
-        if self._queued and self._queued + len(texts) > self.max_queue:
-            raise QueueFull(self._queued * self._seconds_per_text)
+        if self._queued:
+            backlog = self._queued + len(texts)
+            wait = backlog * self._seconds_per_text
+            if backlog > self.max_queue or (self.max_delay > 0 and wait > self.max_delay):
+                raise QueueFull(wait)
         loop = asyncio.get_running_loop()
         request = _Request(
             texts, truncate, loop.create_future(), [None] * len(texts), [0] * len(texts)

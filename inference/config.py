@@ -29,6 +29,8 @@ class ServeConfig:
     max_wait_ms: float = 2.0
     #: Texts waiting per model before new requests get 429.
     max_queue: int = 2048
+    #: Expected queueing time (backlog x measured time per text) above which requests get 429.
+    max_queue_delay_ms: float = 500.0
     request_timeout_s: float = 30.0
     drain_timeout_s: float = 30.0
     cache_entries: int = 20000
@@ -53,6 +55,7 @@ class ServeConfig:
 _INTS = {"port", "max_batch_size", "max_batch_tokens", "max_queue", "cache_entries", "max_inputs"}
 _FLOATS = {
     "max_wait_ms",
+    "max_queue_delay_ms",
     "request_timeout_s",
     "drain_timeout_s",
     "rate_limit_rps",

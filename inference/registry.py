@@ -229,6 +229,7 @@ def assemble(
             max_tokens=config.max_batch_tokens,
             max_wait=config.max_wait_ms / 1000.0,
             max_queue=config.max_queue,
+            max_delay=config.max_queue_delay_ms / 1000.0,
             observe=metrics.batch_observer(model_id),
         )
         gen.models[model_id] = ModelSlot(model_id, engine, batcher, label)
