@@ -130,6 +130,7 @@ class Batcher:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._seconds_per_text = 0.001
+        self._learned = False
 
     @property
     def queued(self) -> int:
@@ -257,13 +258,22 @@ class Batcher:
                     request.future.set_exception(exc)
             return
         elapsed = time.perf_counter() - started
-        self._seconds_per_text = 0.8 * self._seconds_per_text + 0.2 * elapsed / len(texts)
+        self._learn(len(texts), elapsed)
         offset = 0
         for request, s, e in batch:
             self._deliver(request, s, e, vectors, counts, offset)
             offset += e - s
         if self.observe is not None:
             self.observe(len(texts), sum(abs(c) for c in counts), elapsed)
+
+    def _learn(self, size: int, elapsed: float) -> None:
+        """Track seconds per text as a backlog drains: from full-ish batches only, since a
+        lone text pays a whole run's fixed cost and would make every backlog look slow."""
+        if size >= min(self.max_batch, 8):
+            self._seconds_per_text = 0.8 * self._seconds_per_text + 0.2 * elapsed / size
+            self._learned = True
+        elif not self._learned:
+            self._seconds_per_text = min(self._seconds_per_text, elapsed / size)
 
     def _compute(self, texts: list[str], truncate: Sequence[bool]) -> tuple[np.ndarray, list[int]]:
         """On the inference thread: count tokens, refuse over-long strict inputs, embed."""
