@@ -40,6 +40,7 @@ from pai.inference.index import (
     INDEX_FORMAT,
     INDEX_TYPES,
     IndexConfig,
+    faiss_module,
 )
 
 FLAT_MAX = 10_000
@@ -194,7 +195,7 @@ def choose_kind(count: int, asked: str) -> str:
 
 
 def _metric_type(metric: str) -> int:
-    import faiss
+    faiss = faiss_module()
 
     return int(faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
 
@@ -203,7 +204,7 @@ def make_faiss(
     vectors: npt.NDArray[np.float32], kind: str, metric: str, params: dict[str, int]
 ) -> tuple[Any, dict[str, int]]:
     """The FAISS index of ``kind`` over ``vectors`` (ids are row numbers), and its build params."""
-    import faiss
+    faiss = faiss_module()
 
     n, dim = vectors.shape
     mt = _metric_type(metric)
@@ -229,7 +230,7 @@ def make_faiss(
 def _recall(found: npt.NDArray[np.int64], truth: npt.NDArray[np.int64]) -> float:
     k = truth.shape[1]
     hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
-    return hits / (len(truth) * k)
+    return float(hits) / float(len(truth) * k)
 
 
 def sample_queries(vectors: npt.NDArray[np.float32], count: int = SAMPLE_QUERIES) -> Any:
@@ -242,7 +243,7 @@ def sample_queries(vectors: npt.NDArray[np.float32], count: int = SAMPLE_QUERIES
 def exact_neighbours(
     vectors: npt.NDArray[np.float32], queries: npt.NDArray[np.float32], metric: str, k: int
 ) -> npt.NDArray[np.int64]:
-    import faiss
+    faiss = faiss_module()
 
     exact = (
         faiss.IndexFlatIP(vectors.shape[1])
@@ -262,7 +263,7 @@ def tune(
     params: dict[str, int],
 ) -> tuple[dict[str, int], float]:
     """Smallest nprobe / efSearch reaching ``target`` recall@10 on sampled data vectors."""
-    import faiss
+    faiss = faiss_module()
 
     k = min(10, len(vectors))
     queries = sample_queries(vectors)
@@ -355,7 +356,7 @@ def build_index(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Build ``spec`` into the empty folder ``out``; returns the pai-index.json document."""
-    import faiss
+    faiss = faiss_module()
 
     docs = read_documents(spec.documents)
     if not docs:

@@ -242,6 +242,25 @@ def detect_isa() -> str:
     return "avx2"
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' deprecation chatter; real failures still raise."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in ("transformers", "optimum", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
 def export_onnx(source: Path, out: Path, *, opset: int | None) -> None:
     """Export the transformer to ONNX (last_hidden_state output) with optimum."""
     with offline_environment():
@@ -253,15 +272,16 @@ def export_onnx(source: Path, out: Path, *, opset: int | None) -> None:
                 hint="pip install 'pai[build]'",
             ) from None
         try:
-            main_export(
-                str(source),
-                output=str(out),
-                task="feature-extraction",
-                opset=opset,
-                device="cpu",
-                do_validation=False,
-                library_name="transformers",
-            )
+            with _quiet():
+                main_export(
+                    str(source),
+                    output=str(out),
+                    task="feature-extraction",
+                    opset=opset,
+                    device="cpu",
+                    do_validation=False,
+                    library_name="transformers",
+                )
         except Exception as exc:
             raise ModelBuildError(f"ONNX export of {source} failed: {exc}") from None
     if not (out / MODEL_FILE).is_file():

@@ -276,7 +276,7 @@ def load_index(index_path: Path, trust: TrustStore, at: datetime) -> dict[str, A
     raw_sigs = canonical_bytes(doc["signatures"])
     signed = canonical_bytes(body)
     try:
-        sigdoc = parse_signatures(raw_sigs, signed, index_path.name)
+        sigdoc = parse_signatures(raw_sigs, signed, index_path.name, index_path.name)
     except BundleError as exc:
         raise PartsIndexError(exc.detail) from None
     check_signatures(sigdoc, signed, trust, at, index_path.name)

@@ -66,20 +66,23 @@ def signatures_document(data: bytes, signers: list[Signer]) -> bytes:
     )
 
 
-def parse_signatures(raw: bytes, signed: bytes, what: str) -> dict[str, Any]:
-    """Parse a signatures document and check it is about ``signed``."""
+def parse_signatures(raw: bytes, signed: bytes, what: str, signed_name: str) -> dict[str, Any]:
+    """Parse a signatures document (named ``what``) and check it is about ``signed``."""
     try:
         doc = parse_canonical(raw, what)
     except PaiError as exc:
         raise SignaturesDocError(exc.message) from None
     if not isinstance(doc, dict) or doc.get("type") != DOC_TYPE or doc.get("version") != 1:
         raise SignaturesDocError(f"{what} is not a version 1 pai signatures document")
-    if doc.get("signed_sha256") != hashlib.sha256(signed).hexdigest():
-        raise SignaturesDocError(f"{what} was made for other bytes than the ones it travels with")
     if not isinstance(doc.get("signatures"), list) or not isinstance(doc.get("revocations"), list):
         raise SignaturesDocError(f"{what} lacks its signatures or revocations list")
     if not doc["signatures"]:
         raise MissingSignatureError(f"{what} holds no signature")
+    if doc.get("signed_sha256") != hashlib.sha256(signed).hexdigest():
+        raise BundleSignatureError(
+            f"{signed_name}: signatures do not verify: its sha256 differs from the one "
+            f"{what} was made over (it was changed after signing)"
+        )
     return doc
 
 

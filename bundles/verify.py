@@ -306,7 +306,7 @@ def check_stream(
     manifest_sha256 = hashlib.sha256(raw_manifest).hexdigest()
     if expected_manifest_sha256 and manifest_sha256 != expected_manifest_sha256:
         raise PartsIndexError("the parts index belongs to another bundle (manifest hash differs)")
-    sigdoc = parse_signatures(raw_sigs, raw_manifest, SIGNATURES_NAME)
+    sigdoc = parse_signatures(raw_sigs, raw_manifest, SIGNATURES_NAME, MANIFEST_NAME)
     check = check_signatures(sigdoc, raw_manifest, trust, now, MANIFEST_NAME)
     try:
         manifest = validate(parse_canonical(raw_manifest, MANIFEST_NAME))

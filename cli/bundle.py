@@ -10,7 +10,7 @@ import typer
 from pai import keyring
 from pai.bundles.extract import extract_bundle
 from pai.bundles.manifest import read_manifest, read_signatures_unverified
-from pai.bundles.pack import pack_bundle, scan
+from pai.bundles.pack import created_time, pack_bundle, scan
 from pai.bundles.parts import join_parts, parse_size, resolve_inputs, split_bundle, total_size
 from pai.bundles.verify import VerifiedBundle, input_size, verify_bundle
 from pai.cli.common import JSON_OPTION, PASSPHRASE_FILE_OPTION, passphrase
@@ -90,7 +90,7 @@ def pack(
             name=name,
             version=version,
             signers=signers,
-            expires=parse_expiry(expires) if expires else None,
+            expires=parse_expiry(expires, created_time()) if expires else None,
             components=[_component(c) for c in components or []],
             threshold=threshold,
             progress=advance,
@@ -174,10 +174,16 @@ def extract(
 @app.command("inspect")
 def inspect(
     bundle: Path = typer.Argument(..., help="Bundle file, its first part, or its .parts.json."),
+    sbom: bool = typer.Option(False, "--sbom", help="Print the bundle's CycloneDX SBOM."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Show components, sizes, signers, expiry and version from the first members (unverified)."""
     set_json(json_out)
+    if sbom:
+        from pai.cli.bundle_build import show_sbom
+
+        show_sbom(bundle)
+        return
     _whole, index = resolve_inputs(bundle)
     first = index or bundle
     manifest = read_manifest(first)

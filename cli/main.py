@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 from pai import __version__
 from pai.cli import audit as audit_cmd
 from pai.cli import bundle as bundle_cmd
+from pai.cli import bundle_build  # noqa: F401  (registers build, apply-delta on `pai bundle`)
 from pai.cli import doctor as doctor_cmd
 from pai.cli import keys as keys_cmd
 from pai.cli import serve as serve_cmd

@@ -114,8 +114,15 @@ class IndexConfig:
         return config
 
 
-def faiss_has_gpu() -> bool:
+def faiss_module() -> Any:
+    """The faiss module, typed loosely: its SWIG stubs do not describe the index classes."""
     import faiss
+
+    return faiss
+
+
+def faiss_has_gpu() -> bool:
+    faiss = faiss_module()
 
     return hasattr(faiss, "StandardGpuResources") and int(faiss.get_num_gpus()) > 0
 
@@ -138,7 +145,8 @@ class SearchIndex:
         Raises NotFoundError or IndexError_ when files are missing or disagree.
         """
         import duckdb
-        import faiss
+
+        faiss = faiss_module()
 
         index_dir = Path(index_dir)
         config = IndexConfig.read(index_dir)
@@ -169,7 +177,7 @@ class SearchIndex:
         return loaded
 
     def _to_gpu(self) -> None:
-        import faiss
+        faiss = faiss_module()
 
         resources = faiss.StandardGpuResources()
         self._gpu_index = faiss.index_cpu_to_gpu(resources, 0, self._index)
@@ -220,7 +228,7 @@ class SearchIndex:
         filters: Mapping[str, Any] | None = None,
     ) -> list[list[Hit]]:
         """The ``k`` best chunks for each query vector, best first, within tenant and filters."""
-        import faiss
+        faiss = faiss_module()
 
         queries = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if queries.shape[1] != self.config.dimension:
@@ -285,7 +293,7 @@ class SearchIndex:
 
 def _apply_search_params(index: Any, config: IndexConfig) -> None:
     """Set nprobe / efSearch from the index's config (FAISS does not store them)."""
-    import faiss
+    faiss = faiss_module()
 
     if config.kind == "ivf":
         faiss.extract_index_ivf(index).nprobe = int(config.params.get("nprobe", 8))
@@ -294,7 +302,7 @@ def _apply_search_params(index: Any, config: IndexConfig) -> None:
 
 
 def _selector_params(config: IndexConfig, selector: Any) -> Any:
-    import faiss
+    faiss = faiss_module()
 
     if config.kind == "ivf":
         return faiss.SearchParametersIVF(sel=selector, nprobe=int(config.params.get("nprobe", 8)))

@@ -42,11 +42,32 @@ class Demo:
         return proc
 
 
+def prepare_spec(demo: Demo, documents: int = 2000) -> Path:
+    """The example spec beside a synthetic CRM data set (a subset, to keep the demo short)."""
+    sys.path.insert(0, str(ROOT))
+    from pai.crm.synthetic import write
+
+    folder = demo.workdir / "spec"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROOT / "examples" / "demo-bundle.toml", folder / "demo-bundle.toml")
+    data = write(folder / "data", total=documents)
+    print(f"\nsynthetic CRM data: {documents} documents in {data}")
+    return folder / "demo-bundle.toml"
+
+
 def run(demo: Demo) -> None:
     build, site = demo.build_home, demo.site_home
     demo.pai("keys", "init", home=build)
     demo.pai("keys", "trust", "add", str(build / "keys" / "root.pub"), home=site)
     demo.pai("keys", "trust", "list", home=site)
+    # Build site: the demo bundle (int8 MiniLM, FAISS index over CRM data, wheels, SBOM).
+    spec = prepare_spec(demo)
+    bundle = demo.workdir / "crm-demo-1.0.0.pai"
+    demo.pai("bundle", "build", str(spec), "-o", str(bundle), home=build)
+    # Air-gapped site: verify every byte, then look inside.
+    demo.pai("bundle", "verify", str(bundle), home=site)
+    demo.pai("bundle", "inspect", str(bundle), home=site)
+    demo.pai("bundle", "inspect", "--sbom", str(bundle), home=site)
 
 
 def main() -> None:

@@ -16,30 +16,8 @@ from pai.bundles.verify import verify_bundle
 from pai.errors import UsageError
 from pai.settings import paths
 from pai.trust import TrustStore
+from tests.helpers.bundles import make_payload, pack
 from tests.helpers.offline import run_offline
-
-
-def make_payload(folder: Path) -> Path:
-    """A small folder shaped like a real bundle: a model, an index, a script, nested files."""
-    (folder / "models" / "minilm").mkdir(parents=True)
-    (folder / "models" / "minilm" / "model.onnx").write_bytes(os.urandom(70_000))
-    (folder / "models" / "minilm" / "tokenizer.json").write_text('{"vocab": {}}')
-    (folder / "indexes" / "kb").mkdir(parents=True)
-    (folder / "indexes" / "kb" / "index.faiss").write_bytes(bytes(range(256)) * 40)
-    (folder / "wheels").mkdir()
-    (folder / "wheels" / "empty.txt").write_bytes(b"")
-    script = folder / "install.sh"
-    script.write_text("#!/bin/sh\necho ok\n")
-    script.chmod(0o755)
-    return folder
-
-
-def pack(cli, source: Path, out: Path, version: str = "1.0.0", *extra: str):  # type: ignore[no-untyped-def]
-    return cli(
-        "bundle", "pack", str(source), "--name", "crm-ai", "--version", version,
-        "-o", str(out), "--component", "minilm=model:models/minilm/",
-        "--component", "kb=index:indexes/kb/", *extra,
-    )  # fmt: skip
 
 
 @pytest.fixture
