@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from pai.audit import record_event
+from pai.cli.output import set_json
 from pai.inference.config import load_serve_config
 from pai.inference.server import serve as run_daemon
 from pai.settings import paths
@@ -29,8 +30,12 @@ def serve(
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Accept requests without tokens (development only)."
     ),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the ready and stopped events as JSON lines."
+    ),
 ) -> None:
     """Serve embeddings and search over HTTP until SIGTERM; SIGHUP reloads the bundles."""
+    set_json(json_out)
     p = paths()
     settings = load_serve_config(p, config).with_overrides(
         host=host,
@@ -41,4 +46,4 @@ def serve(
     )
     if no_auth:
         record_event("serve.auth_disabled", resource="serve", outcome="ok")
-    run_daemon(p, settings)
+    run_daemon(p, settings, json_lines=json_out)

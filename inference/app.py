@@ -241,12 +241,10 @@ class Daemon:
         }
         self.log.write(json.dumps(line) + "\n")
         self.log.flush()
-        if outcome.status == 429:
-            return  # refusals under overload are counted in metrics, not written one by one
         result = (
             "ok"
             if outcome.status < 400
-            else ("denied" if outcome.status in (401, 403) else "failed")
+            else ("denied" if outcome.status in (401, 403, 429) else "failed")
         )
         details: dict[str, Any] = {
             "route": outcome.route,

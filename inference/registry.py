@@ -247,7 +247,9 @@ def assemble(
                 f"index {name!r} was built with model {model}, which is not loaded",
                 hint="serve the bundle that holds that model version too",
             )
-        executor = ThreadPoolExecutor(1, thread_name_prefix=f"search-{name}")
+        # Two threads: FAISS searches serialise inside the index, but the document store's
+        # queries (tenant selector, hit rows) of one search overlap another's FAISS work.
+        executor = ThreadPoolExecutor(2, thread_name_prefix=f"search-{name}")
         gen.indexes[name] = IndexSlot(name, index, model, executor, label)
     check_aliases(config, loaded)
     return gen

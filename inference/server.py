@@ -104,8 +104,12 @@ def _write_state(p: Paths, daemon: Daemon, host: str, port: int) -> None:
     atomic_write_text(state_file(p), json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
-def serve(p: Paths, config: ServeConfig) -> None:
-    """Run until SIGTERM/SIGINT; returns after a clean drain."""
+def serve(p: Paths, config: ServeConfig, *, json_lines: bool = False) -> None:
+    """Run until SIGTERM/SIGINT; returns after a clean drain.
+
+    stdout gets one line when ready and one when stopped: JSON objects with ``json_lines``
+    (for scripts and tests), else sentences; access logs go to stderr or ``access_log``.
+    """
     if not config.bundles:
         raise UsageError("nothing to serve", hint="pass --bundle PATH or set [serve] bundles")
     with hold_pid_file(p):
@@ -134,9 +138,13 @@ def serve(p: Paths, config: ServeConfig) -> None:
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_sighup(daemon)))
             _write_state(p, daemon, host, port)
             daemon.after_reload = lambda: _write_state(p, daemon, host, port)
-            print(
-                json.dumps({"event": "ready", "host": host, "port": port, "pid": os.getpid()}),
-                flush=True,
+            event = {"event": "ready", "host": host, "port": port, "pid": os.getpid()}
+            gen = daemon.generation
+            models = ", ".join(sorted(gen.models)) if gen else ""
+            _say(
+                json_lines,
+                event,
+                f"pai serve: ready on http://{host}:{port} (pid {os.getpid()}); models {models}",
             )
 
         daemon.on_ready = ready
@@ -149,7 +157,11 @@ def serve(p: Paths, config: ServeConfig) -> None:
                 log.close()
         if not daemon.ready and daemon.generation is None:
             raise StateError("the daemon failed to start; see the lines above")
-        print(json.dumps({"event": "stopped", "pid": os.getpid()}), flush=True)
+        _say(json_lines, {"event": "stopped", "pid": os.getpid()}, "pai serve: drained and stopped")
+
+
+def _say(json_lines: bool, event: dict[str, Any], text: str) -> None:
+    print(json.dumps(event) if json_lines else text, flush=True)
 
 
 async def _sighup(daemon: Daemon) -> None:

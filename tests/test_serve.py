@@ -440,10 +440,12 @@ def test_full_queue_answers_429_with_retry_after_and_rate_limits(
     tmp_path: Path, bundles: dict[str, Path]
 ) -> None:
     home = make_home(tmp_path / "home")
+    # A lone request waits 1.5 s for company while holding the whole queue (4 texts).
     config = (
-        "[serve]\nmax_queue = 4\nmax_batch_size = 1\nrate_limit_rps = 0.2\nrate_limit_burst = 3\n"
+        "[serve]\nmax_queue = 4\nmax_batch_size = 64\nmax_wait_ms = 1500\n"
+        "rate_limit_rps = 0.2\nrate_limit_burst = 3\n"
     )
-    texts = [" ".join(["renewal quote invoice procurement"] * 12)] * 4
+    texts = ["renewal quote", "invoice", "procurement", "pilot"]
     with Server(home, "--bundle", str(bundles["v1"]), config=config) as srv:
         tokens = [token(home, sub=f"c{i}") for i in range(40)]
 
@@ -460,9 +462,7 @@ def test_full_queue_answers_429_with_retry_after_and_rate_limits(
         assert busy[0].json()["error"]["code"] == "queue_full"
 
         with srv.client(token(home, sub="greedy")) as http:
-            codes = [
-                http.post("/v1/embeddings", json={"model": "tiny", "input": "x"}) for _ in range(4)
-            ]
+            codes = [http.get("/v1/models") for _ in range(4)]
         assert [r.status_code for r in codes[:3]] == [200, 200, 200]
         assert codes[3].status_code == 429
         assert codes[3].json()["error"]["code"] == "rate_limited"
@@ -619,3 +619,25 @@ def test_serves_a_signed_bundle_file_after_verifying_it(
     )
     assert refused.returncode == 1
     assert "error:" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_serve_refuses_bad_input_with_one_line(cli, pai_home: Path, tmp_path: Path) -> None:
+    missing = cli("serve", "--bundle", str(tmp_path / "nope"))
+    assert missing.exit_code == 1
+    assert "does not exist" in missing.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    not_bundle = cli("serve", "--bundle", str(empty))
+    assert not_bundle.exit_code == 2
+    assert "holds no manifest.json" in not_bundle.stderr
+    nothing = cli("serve")
+    assert nothing.exit_code == 2 and "nothing to serve" in nothing.stderr
+    config = tmp_path / "serve.toml"
+    config.write_text("[serve]\nmax_batch = 3\n")
+    typo = cli("serve", "--config", str(config), "--bundle", str(empty))
+    assert typo.exit_code == 2
+    assert "unknown key 'max_batch'" in typo.stderr
+    config.write_text('[serve]\ndevice = "tpu"\n')
+    device = cli("serve", "--config", str(config), "--bundle", str(empty))
+    assert device.exit_code == 2 and "device must be auto, cpu or cuda" in device.stderr
+    assert "Traceback" not in missing.output + typo.output + device.output

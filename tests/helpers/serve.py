@@ -53,7 +53,7 @@ class Server:
             (home / "config.toml").write_text(config)
         self.stderr = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pai.cli", "serve", "--port", "0", *args],
+            [sys.executable, "-m", "pai.cli", "serve", "--json", "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=self.stderr,
             env=env,
