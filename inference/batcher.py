@@ -147,7 +147,9 @@ class Batcher:
         if self._queued:
             backlog = self._queued + len(texts)
             wait = backlog * self._seconds_per_text
-            if backlog > self.max_queue or (self.max_delay > 0 and wait > self.max_delay):
+            # A backlog that cannot fill one batch is never refused: the model must stay busy.
+            too_slow = self.max_delay > 0 and wait > self.max_delay and backlog > self.max_batch
+            if backlog > self.max_queue or too_slow:
                 raise QueueFull(wait)
         loop = asyncio.get_running_loop()
         request = _Request(

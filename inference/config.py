@@ -30,7 +30,7 @@ class ServeConfig:
     #: Texts waiting per model before new requests get 429.
     max_queue: int = 2048
     #: Expected queueing time (backlog x measured time per text) above which requests get 429.
-    max_queue_delay_ms: float = 500.0
+    max_queue_delay_ms: float = 1000.0
     request_timeout_s: float = 30.0
     drain_timeout_s: float = 30.0
     cache_entries: int = 20000
