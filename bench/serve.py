@@ -10,8 +10,7 @@ the same machine). Prints one table of ratios:
 
 * embeddings throughput, 32 closed-loop clients, single sentences / batches of 16, as a ratio
   to the raw in-process engine (onnxruntime int8) embedding the same texts in batches of 64
-  (base64 encoding, the official openai client's default; a client that gets 429 waits
-  100 ms before its next request, as a polite client would);
+  (base64 encoding and honouring Retry-After on 429, as the official openai client does);
 * p50/p99 latency at a fixed open-loop rate of half the single-sentence saturation;
 * server RSS;
 * search QPS over HTTP (32 clients) as a ratio to in-process SearchIndex.search;
@@ -37,21 +36,29 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 32
-BACKOFF_S = 0.1
 
 
 # ----------------------------------------------------------------------------- load client
 
 
 async def _read_response(reader: asyncio.StreamReader) -> int:
+    status, _ = await _read_full(reader)
+    return status
+
+
+async def _read_full(reader: asyncio.StreamReader) -> tuple[int, float]:
+    """Status and Retry-After (seconds, 0 when absent) of one response."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
-    length = 0
+    length, retry = 0, 0.0
     for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
+        lower = line.lower()
+        if lower.startswith(b"content-length:"):
             length = int(line[15:])
+        elif lower.startswith(b"retry-after:"):
+            retry = float(line[12:])
     await reader.readexactly(length)
-    return status
+    return status, retry
 
 
 def _request(path: str, token: str, body: bytes) -> bytes:
@@ -72,11 +79,11 @@ async def closed_loop(port: int, requests: list[bytes], seconds: float, clients:
         while time.monotonic() < stop:
             started = time.perf_counter()
             writer.write(requests[i % len(requests)])
-            status = await _read_response(reader)
+            status, retry_after = await _read_full(reader)
             latencies.append(time.perf_counter() - started)
             statuses[status] = statuses.get(status, 0) + 1
-            if status == 429:  # a polite client backs off instead of spinning on refusals
-                await asyncio.sleep(BACKOFF_S)
+            if status == 429:  # back off as the official openai client does (Retry-After)
+                await asyncio.sleep(retry_after)
             i += clients
         writer.close()
 
@@ -299,6 +306,7 @@ def main() -> None:
     from pai.settings import paths
 
     args.workdir.mkdir(parents=True, exist_ok=True)
+    load_before = f"{os.getloadavg()[0]:.1f}"
     bundle, docs = build_assets(args.workdir)
     model_dir = bundle / "models" / "minilm"
     texts = sentences(docs)
@@ -444,6 +452,7 @@ def main() -> None:
     print("-" * (width + 60))
     for name, value, ratio in rows:
         print(f"{name.ljust(width)} | {value:<22} | {ratio}")
+    print(f"load average before / after: {load_before} / {os.getloadavg()[0]:.1f}")
     print(
         f"\ncpus: {os.cpu_count()}, clients: {CLIENTS}, seconds per phase: {secs:g}, "
         f"median latency single: {statistics.median(r1['latencies']) * 1000:.1f} ms"

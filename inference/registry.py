@@ -199,7 +199,22 @@ def load_components(p: Paths, config: ServeConfig, sources: list[str]) -> Loaded
             indexes.append((name or index.name, index, model, resolved.label))
     if not engines:
         raise BundleError("the sources hold no model to serve", hint="pass --bundle")
+    for _, index, declared, _ in indexes:
+        if declared is None:
+            _check_compatible(index, [engine for engine, _ in engines])
     return engines, indexes, infos
+
+
+def _check_compatible(index: Any, engines: list[Embedder]) -> None:
+    """The bundle's own compatibility check: the index's model version, dimension and metric
+    must match a loaded model (raises IndexCompatibilityError)."""
+    from pai.bundles.indexes import check_compatible
+
+    config = index.config
+    same_name = [e for e in engines if e.name == config.model]
+    exact = [e for e in same_name if e.version == config.model_version]
+    chosen = (exact or same_name)[:1]
+    check_compatible(config, {e.name: e.config for e in chosen})  # type: ignore[attr-defined]
 
 
 def _index_model(index: Any, declared: str | None) -> str | None:

@@ -641,3 +641,28 @@ def test_serve_refuses_bad_input_with_one_line(cli, pai_home: Path, tmp_path: Pa
     device = cli("serve", "--config", str(config), "--bundle", str(empty))
     assert device.exit_code == 2 and "device must be auto, cpu or cuda" in device.stderr
     assert "Traceback" not in missing.output + typo.output + device.output
+
+
+def test_device_cuda_without_a_gpu_is_refused_and_doctor_says_why(
+    cli, pai_home: Path, bundles: dict[str, Path]
+) -> None:
+    refused = cli("serve", "--device", "cuda", "--bundle", str(bundles["v2"]))
+    assert refused.exit_code == 1
+    assert "CUDAExecutionProvider" in refused.stderr
+    report = cli("doctor", "--json")
+    assert report.exit_code == 0
+    missing = " ".join(report.json()["missing"])
+    assert "no GPU visible" in missing and "no trusted JWT keys" in missing
+    assert report.json()["serving"] is None
+
+
+def test_index_built_with_another_model_version_is_refused_at_start(
+    cli, pai_home: Path, tmp_path: Path, bundles: dict[str, Path], notes_index: Path
+) -> None:
+    mixed = write_bundle(
+        tmp_path / "mixed", "crm", "3.0.0",
+        {"model:tiny": bundles["v2"] / "models" / "tiny", "index:notes": notes_index},
+    )  # fmt: skip
+    refused = cli("serve", "--bundle", str(mixed))
+    assert refused.exit_code == 1
+    assert "was built with tiny version 1.0.0" in refused.stderr
