@@ -145,7 +145,9 @@ class Daemon:
             self.metrics.reloads.labels("ok").inc()
             self.auditor.lifecycle("serve.reload", resource="serve", details=self._describe(gen))
             if old is not None:
-                self._retiring.add(asyncio.get_running_loop().create_task(old.close()))
+                task = asyncio.get_running_loop().create_task(old.close())
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
             if self.after_reload is not None:
                 self.after_reload()
             return gen.describe()
