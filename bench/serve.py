@@ -10,7 +10,8 @@ the same machine). Prints one table of ratios:
 
 * embeddings throughput, 32 closed-loop clients, single sentences / batches of 16, as a ratio
   to the raw in-process engine (onnxruntime int8) embedding the same texts in batches of 64
-  (base64 encoding and honouring Retry-After on 429, as the official openai client does);
+  (base64 encoding and honouring retry-after-ms / Retry-After on 429, as the official openai
+  client does);
 * p50/p99 latency at a fixed open-loop rate of half the single-sentence saturation;
 * server RSS;
 * search QPS over HTTP (32 clients) as a ratio to in-process SearchIndex.search;
@@ -55,7 +56,9 @@ async def _read_full(reader: asyncio.StreamReader) -> tuple[int, float]:
         lower = line.lower()
         if lower.startswith(b"content-length:"):
             length = int(line[15:])
-        elif lower.startswith(b"retry-after:"):
+        elif lower.startswith(b"retry-after-ms:"):
+            retry = float(line[15:]) / 1000
+        elif lower.startswith(b"retry-after:") and not retry:
             retry = float(line[12:])
     await reader.readexactly(length)
     return status, retry

@@ -40,7 +40,7 @@ from pai.inference.batcher import Draining, InputTooLong, QueueFull
 from pai.inference.cache import EmbeddingCache, input_hash
 from pai.inference.config import ServeConfig
 from pai.inference.metrics import Metrics
-from pai.inference.ratelimit import RateLimiter, retry_after
+from pai.inference.ratelimit import RateLimiter, retry_headers
 from pai.inference.routing import UnknownModelError, resolve
 from pai.settings import Paths
 
@@ -198,7 +198,7 @@ class Daemon:
                     "rate limit exceeded for this subject",
                     type="rate_limit_error",
                     code="rate_limited",
-                    headers={"Retry-After": retry_after(wait)},
+                    headers=retry_headers(wait),
                 )
             gen = self.generation
             gen.inflight += 1
@@ -359,7 +359,7 @@ class Daemon:
                 "the server is busy; retry later",
                 type="rate_limit_error",
                 code="queue_full",
-                headers={"Retry-After": retry_after(exc.retry_after)},
+                headers=retry_headers(exc.retry_after / 2),
             ) from None
         except Draining:
             raise ApiError(
@@ -399,13 +399,11 @@ class Daemon:
         else:
             vector = np.asarray(req.vector, dtype=np.float32)[None, :]
             outcome.hashes = [hashlib.sha256(vector.tobytes()).hexdigest()]
-        loop = asyncio.get_running_loop()
         try:
-            hits = await loop.run_in_executor(
-                slot.executor, _search, slot.index, vector, req.k, principal.tenant, req.filters
-            )
+            rows = await slot.batcher.search(vector[0], req.k, principal.tenant, req.filters)
         except PaiError as exc:
             raise ApiError(400, exc.message, param="filters", code=exc.code) from None
+        hits = [_hit(row) for row in rows]
         return _json({"object": "list", "index": name, "model": slot.model, "data": hits})
 
     async def models(
@@ -450,14 +448,6 @@ class Daemon:
         finally:
             gen.inflight += 1
         return _json({"ok": True, **described})
-
-
-def _search(
-    index: Any, vector: np.ndarray, k: int, tenant: str, filters: dict[str, Any]
-) -> list[dict[str, Any]]:
-    results = index.search(vector, k, tenant=tenant, filters=filters)
-    rows = results[0] if results and isinstance(results[0], list) else results
-    return [_hit(row) for row in rows]
 
 
 def _hit(row: Any) -> dict[str, Any]:

@@ -41,3 +41,12 @@ class RateLimiter:
 def retry_after(seconds: float) -> str:
     """The Retry-After header value: whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))
+
+
+def retry_headers(seconds: float) -> dict[str, str]:
+    """``Retry-After`` (whole seconds) and ``retry-after-ms``, which the official openai client
+    prefers: a client that comes back in time keeps the queue fed without flooding it."""
+    return {
+        "Retry-After": retry_after(seconds),
+        "retry-after-ms": str(max(10, int(seconds * 1000))),
+    }

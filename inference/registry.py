@@ -29,6 +29,7 @@ from pai.inference.batcher import Batcher, Embedder
 from pai.inference.config import ServeConfig
 from pai.inference.gpu import cuda_providers
 from pai.inference.metrics import Metrics
+from pai.inference.searchbatch import SearchBatcher
 from pai.settings import Paths
 
 
@@ -53,6 +54,7 @@ class IndexSlot:
     model: str
     executor: ThreadPoolExecutor
     bundle: str
+    batcher: SearchBatcher
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Generation:
         for slot in self.models.values():
             await slot.batcher.close()
         for index in self.indexes.values():
+            await index.batcher.close()
             index.executor.shutdown(wait=True)
 
     def release(self) -> None:
@@ -265,7 +268,9 @@ def assemble(
         # Two threads: FAISS searches serialise inside the index, but the document store's
         # queries (tenant selector, hit rows) of one search overlap another's FAISS work.
         executor = ThreadPoolExecutor(2, thread_name_prefix=f"search-{name}")
-        gen.indexes[name] = IndexSlot(name, index, model, executor, label)
+        gen.indexes[name] = IndexSlot(
+            name, index, model, executor, label, SearchBatcher(index, executor)
+        )
     check_aliases(config, loaded)
     return gen
 
@@ -291,5 +296,7 @@ async def start(gen: Generation) -> None:
     """Start the batchers and warm every model up (first runs allocate and are slow)."""
     for slot in gen.models.values():
         slot.batcher.start()
+    for index in gen.indexes.values():
+        index.batcher.start()
     for slot in gen.models.values():
         await slot.batcher.run(slot.engine.embed, ["warm up"])
