@@ -195,7 +195,8 @@ def load_components(p: Paths, config: ServeConfig, sources: list[str]) -> Loaded
         resolved = resolve_source(p, source)
         infos.append(resolved.info)
         for model_dir in resolved.models:
-            engines.append((EmbeddingEngine.load(model_dir, providers=providers), resolved.label))
+            engine = EmbeddingEngine.load(model_dir, providers=providers, spinning=False)
+            engines.append((engine, resolved.label))
         for name, index_dir, model in resolved.indexes:
             # GPU FAISS when present (device auto/cuda); filtered searches stay on the CPU copy.
             index = SearchIndex.load(index_dir, use_gpu=False if config.device == "cpu" else None)
