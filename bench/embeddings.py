@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pai.bundles.indexes import exact_neighbours, make_faiss, sample_queries, tune  # noqa: E402
+from pai.bundles.indexes import exact_neighbours, make_faiss, tune  # noqa: E402
 from pai.bundles.models import ModelSpec, build_model, resolve_source  # noqa: E402
 from pai.crm.synthetic import generate  # noqa: E402
 from pai.inference.engine import EmbeddingEngine  # noqa: E402
@@ -167,13 +167,14 @@ def throughput(
     return pai32, pai8
 
 
-def quality(pai32: EmbeddingEngine, pai8: EmbeddingEngine, docs: list[str]) -> np.ndarray:
+def quality(
+    pai32: EmbeddingEngine, pai8: EmbeddingEngine, docs: list[str], queries: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
     v32, v8 = pai32.embed(docs), pai8.embed(docs)
+    q32, q8 = pai32.embed(queries), pai8.embed(queries)
     c = cos(v32, v8)
-    rng = np.random.default_rng(3)
-    qidx = rng.choice(len(docs), size=min(500, len(docs)), replace=False)
-    truth = exact_neighbours(v32, np.ascontiguousarray(v32[qidx]), "ip", 10)
-    found = exact_neighbours(v8, np.ascontiguousarray(v8[qidx]), "ip", 10)
+    truth = exact_neighbours(v32, q32, "ip", 10)
+    found = exact_neighbours(v8, q8, "ip", 10)
     table(
         f"int8 vs fp32 quality, {len(docs)} documents",
         ["measure", "value", "target"],
@@ -183,16 +184,15 @@ def quality(pai32: EmbeddingEngine, pai8: EmbeddingEngine, docs: list[str]) -> n
             ["recall@10 (int8 retrieval vs fp32)", f"{recall(found, truth):.4f}", "≥ 0.98"],
         ],
     )
-    return v8
+    return v8, q8
 
 
-def faiss_bench(vectors: np.ndarray) -> None:
+def faiss_bench(vectors: np.ndarray, queries: np.ndarray) -> None:
     from decimal import Decimal
 
     import faiss
 
     faiss.omp_set_num_threads(1)
-    queries = sample_queries(vectors, 1000)
     truth = exact_neighbours(vectors, queries, "ip", 10)
     rows = []
     flat_qps = 0.0
@@ -210,7 +210,7 @@ def faiss_bench(vectors: np.ndarray) -> None:
             [kind, settings, f"{got:.4f}", f"{qps:.0f}", f"{qps / flat_qps:.2f}x", f"{build_s:.1f}"]
         )
     table(
-        f"FAISS on {len(vectors)} CRM vectors (384-d, 1 thread), 1000 queries",
+        f"FAISS on {len(vectors)} CRM vectors (384-d, 1 thread), {len(queries)} held-out queries",
         ["type", "settings (tuned)", "recall@10", "QPS", "vs flat", "build s"],
         rows,
     )
@@ -247,21 +247,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=1024)
     parser.add_argument("--docs", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="per engine; 0 = all cores")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only-throughput", action="store_true")
     args = parser.parse_args()
     corpus = [d["text"] for d in generate(args.docs)]
+    # Queries the indexes have not seen: documents of another seed of the same generator.
+    held_out = [d["text"] for d in generate(10_000, seed=99)][:: 10_000 // args.queries]
     rng = np.random.default_rng(1)
     texts = [corpus[i] for i in rng.choice(len(corpus), size=args.texts, replace=False)]
+    cache = ROOT / "bench" / "out" / "models"  # exported models are reused between runs
+    cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pai-bench-") as tmp:
         work = Path(tmp)
-        pai32, pai8 = throughput(work, texts, args.threads, args.rounds)
+        pai32, pai8 = throughput(cache, texts, args.threads, args.rounds)
         if args.only_throughput:
             return
-        vectors = quality(pai32, pai8, corpus)
-        faiss_bench(np.ascontiguousarray(vectors, dtype=np.float32))
+        vectors, qvectors = quality(pai32, pai8, corpus, held_out)
+        faiss_bench(np.ascontiguousarray(vectors), np.ascontiguousarray(qvectors))
         if not args.skip_demo:
             demo_bundle(work)
 

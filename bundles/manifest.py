@@ -174,6 +174,7 @@ def validate(doc: Any) -> dict[str, Any]:
     _require(isinstance(files, list), "files must be a list")
     assert isinstance(files, list)
     previous: bytes | None = None
+    seen: set[str] = set()
     total = 0
     for index, entry in enumerate(files):
         _require(isinstance(entry, dict), f"files[{index}] is not an object")
@@ -182,6 +183,12 @@ def validate(doc: Any) -> dict[str, Any]:
         problem = path_problem(path)
         _require(problem is None, f"files[{index}] {path!r}: {problem}")
         _require(path not in RESERVED_NAMES, f"files[{index}] uses reserved name {path!r}")
+        parents = path.split("/")[:-1]
+        _require(
+            not any("/".join(parents[: i + 1]) in seen for i in range(len(parents))),
+            f"files[{index}] {path!r} lies below another listed file",
+        )
+        seen.add(path)
         key = sort_key(path)
         _require(previous is None or key > previous, f"files are not sorted/unique at {path!r}")
         previous = key
@@ -256,14 +263,19 @@ def read_leading_member(
 
 
 def open_first(path: Path) -> Any:
-    """Open a bundle, or the first part named by a parts index, for reading its first members."""
-    from pai.bundles.parts import INDEX_SUFFIX, read_index_unverified
+    """Open a bundle, or a split bundle (its index or one of its parts), for reading its start.
+
+    Split bundles are read across parts, so a manifest longer than the first part still
+    reads. Nothing here is verified.
+    """
+    from pai.bundles.parts import PartsSource, locate_parts, read_index_unverified, resolve_inputs
 
     path = Path(path)
+    _whole, index_path = resolve_inputs(path)
     try:
-        if path.name.endswith(INDEX_SUFFIX):
-            index = read_index_unverified(path)
-            path = path.parent / index["body"]["parts"][0]["name"]
+        if index_path is not None:
+            body = read_index_unverified(index_path)["body"]
+            return PartsSource(locate_parts(index_path, index_path, body), lambda _n: None)
         return path.open("rb")
     except FileNotFoundError:
         raise BundleReadError(f"{path} does not exist") from None

@@ -17,7 +17,7 @@ import sys
 import sysconfig
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,7 +28,6 @@ from pai.bundles.manifest import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_NAME,
-    MODES,
     RESERVED_NAMES,
     SIGNATURES_NAME,
     check_name,
@@ -62,7 +61,7 @@ def created_time() -> datetime:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch:
         try:
-            return datetime.fromtimestamp(int(epoch), tz=utcnow().tzinfo)
+            return datetime.fromtimestamp(int(epoch), tz=UTC)
         except ValueError:
             raise UsageError(f"SOURCE_DATE_EPOCH {epoch!r} is not an integer") from None
     return utcnow()
@@ -77,7 +76,11 @@ def scan(source: Path) -> list[tuple[str, Path, int, str]]:
     if not source.is_dir():
         raise UsageError(f"{source} is not a folder")
     found: list[tuple[str, Path, int, str]] = []
-    for folder, dirs, files in os.walk(source, followlinks=False):
+
+    def unreadable(exc: OSError) -> None:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}")
+
+    for folder, dirs, files in os.walk(source, onerror=unreadable, followlinks=False):
         base = Path(folder)
         for name in [*dirs, *files]:
             full = base / name
@@ -309,6 +312,3 @@ def pack_bundle(
         home=state,
     )
     return manifest
-
-
-__all__ = ["MODES", "pack_bundle", "scan"]

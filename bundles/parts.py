@@ -8,9 +8,9 @@ beside them. The index is canonical JSON::
               "parts": [{"name": "B.part001", "size": ..., "sha256": ...}, ...]},
      "signatures": <signatures document over canonical(body)>}
 
-The verifier reads the parts in index order as one stream; each part is hashed as it passes
-and compared with the index at its last byte, so a bad part is named before its corruption
-can be mistaken for anything else, and only that part has to be carried again.
+The verifier reads the parts in index order as one stream and runs the bundle checks over
+it. When a check fails it hashes every part against the index and names the damaged ones, so
+only those have to be carried again.
 """
 
 from __future__ import annotations
@@ -165,8 +165,26 @@ def locate_parts(
     return found
 
 
+def _part_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    buffer = memoryview(bytearray(CHUNK))
+    try:
+        with path.open("rb") as handle:
+            while n := handle.readinto(buffer):
+                digest.update(buffer[:n])
+    except OSError as exc:
+        raise BundleReadError(f"cannot read part {path}: {exc.strerror}") from None
+    return digest.hexdigest()
+
+
 class PartsSource:
-    """The parts of a split bundle read as one stream, each part checked at its last byte."""
+    """The parts of a split bundle read as one stream.
+
+    Part hashes are not computed while the bundle verifies: every byte that matters is
+    covered by the signed manifest already, and hashing each byte twice would halve the
+    throughput. Only when a check fails are the parts hashed against the index, so the error
+    names the part to carry again (:meth:`blame_part`).
+    """
 
     def __init__(
         self, located: list[tuple[dict[str, Any], Path]], progress: Callable[[int], None]
@@ -176,8 +194,6 @@ class PartsSource:
         self._index = -1
         self._handle: BinaryIO | None = None
         self._left = 0
-        self._digest = hashlib.sha256()
-        self._bad: list[str] = []
         self._next_part()
 
     def _next_part(self) -> None:
@@ -193,47 +209,19 @@ class PartsSource:
         except OSError as exc:
             raise BundleReadError(f"cannot read part {path}: {exc.strerror}") from None
         self._left = int(part["size"])
-        self._digest = hashlib.sha256()
-        if self._left == 0:
-            self._part_done()
-
-    def _part_done(self) -> None:
-        part, _path = self._located[self._index]
-        bad = self._digest.hexdigest() != part["sha256"]
-        self._next_part()
-        if bad:
-            self._bad.append(part["name"])
-            if len(self._bad) == 1:  # find every bad part now, so one trip fixes them all
-                self._drain()
-                raise self._corrupt()
-
-    def _corrupt(self, cause: str = "") -> PartCorruptError:
-        names = ", ".join(self._bad)
-        also = f" ({cause})" if cause else ""
-        return PartCorruptError(
-            f"part {names}: sha256 differs from the signed parts index{also}",
-            hint=f"carry {names} again",
-        )
-
-    def _drain(self) -> None:
-        buffer = memoryview(bytearray(CHUNK))
-        while self._handle is not None:
-            self.readinto(buffer)
 
     def readinto(self, buffer: memoryview) -> int:
         while self._handle is not None and self._left == 0:
-            self._part_done()
+            self._next_part()
         if self._handle is None:
             return 0
         view = buffer[: min(len(buffer), self._left)]
         n = self._handle.readinto(view)  # type: ignore[attr-defined]
         if not n:
-            raise PartCorruptError(f"part {self._located[self._index][0]['name']} is truncated")
-        self._digest.update(view[:n])
+            name = self._located[self._index][0]["name"]
+            raise PartCorruptError(f"part {name} is shorter than the parts index says")
         self._left -= n
         self._progress(n)
-        if self._left == 0:
-            self._part_done()
         return int(n)
 
     def read(self, size: int) -> bytes:
@@ -247,26 +235,35 @@ class PartsSource:
             got += n
         return bytes(out[:got])
 
+    def bad_parts(self) -> list[str]:
+        """Every part whose sha256 differs from the index (a second pass over the parts)."""
+        return [
+            part["name"] for part, path in self._located if _part_digest(path) != part["sha256"]
+        ]
+
     def blame_part(self, exc: BundleError) -> None:
-        """After a failed check, read on to find a part that differs from the index."""
+        """After a failed check, name the parts that differ from the index, if any do."""
         if isinstance(exc, PartCorruptError):
             return
-        try:
-            self._drain()
-        except PartCorruptError:
-            raise self._corrupt(exc.message) from exc
-        if self._bad:
-            raise self._corrupt(exc.message) from exc
-
-    def finish(self) -> None:
-        self._drain()
-        if self._bad:
-            raise self._corrupt()
+        self.close()
+        bad = self.bad_parts()
+        if bad:
+            names = ", ".join(bad)
+            raise PartCorruptError(
+                f"part {names}: sha256 differs from the signed parts index ({exc.message})",
+                hint=f"carry {names} again",
+            ) from exc
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+    def __enter__(self) -> PartsSource:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def load_index(index_path: Path, trust: TrustStore, at: datetime) -> dict[str, Any]:

@@ -190,15 +190,15 @@ def _stream_member(
         if sink:
             sink.write(view[:n])
         remaining -= n
-    pad = _read_exact(src, tarfmt.padding(size), f"the padding of member {path}")
-    if pad.count(0) != len(pad):
-        raise MemberHeaderError(f"the padding after member {path} is not zero")
     actual = digest.hexdigest()
     if actual != entry["sha256"]:
         raise MemberHashError(
             f"member {path}: sha256 {actual[:16]}… differs from the manifest's "
             f"{str(entry['sha256'])[:16]}…"
         )
+    pad = _read_exact(src, tarfmt.padding(size), f"the padding of member {path}")
+    if pad.count(0) != len(pad):
+        raise MemberHeaderError(f"the padding after member {path} is not zero")
     if sink:
         sink.end(entry)
 
@@ -415,7 +415,6 @@ def run_verification(
                 except BundleError as exc:
                     src.blame_part(exc)
                     raise
-                src.finish()
                 verified.parts = [part["name"] for part in index["parts"]]
         else:
             assert bundle is not None

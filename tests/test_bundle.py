@@ -142,7 +142,14 @@ def test_split_verify_parts_and_join(cli, keys: Path, tmp_path: Path) -> None:
     assert by_parts.json()["parts"] == [p.name for p in parts]
     by_index = cli("bundle", "verify", str(parts_dir / "big.pai.parts.json"), "--json")
     assert by_index.exit_code == 0, by_index.output
-    assert cli("bundle", "inspect", str(parts_dir / "big.pai.parts.json")).exit_code == 0
+    for first in (parts_dir / "big.pai.parts.json", parts[0]):
+        inspected = cli("bundle", "inspect", str(first), "--json")
+        assert inspected.exit_code == 0, inspected.output
+        assert inspected.json()["split_size"] == whole.stat().st_size
+
+    extracted = tmp_path / "from-parts"
+    assert cli("bundle", "extract", *map(str, parts), str(extracted)).exit_code == 0
+    assert (extracted / "models" / "minilm" / "big.bin").stat().st_size == 2_500_000
 
     joined = tmp_path / "joined.pai"
     assert cli("bundle", "join", *map(str, parts), "-o", str(joined)).exit_code == 0
@@ -199,3 +206,61 @@ def test_verify_runs_offline_in_a_network_namespace(bundle: Path, pai_home: Path
     assert result.links == ["lo"]
     assert result.returncode == 0, result.stderr
     assert '"ok": true' in result.stdout
+
+
+def test_headers_hold_long_paths_and_huge_sizes() -> None:
+    """Paths over 100 bytes use the ustar prefix; sizes of 8 GiB and more use base-256."""
+    from pai.bundles import tarfmt
+
+    long_path = "models/" + "a" * 80 + "/" + "b" * 80 + "/weights.bin"
+    info = tarfile.TarInfo.frombuf(tarfmt.header(long_path, 5, 0o644, 0), "utf-8", "strict")
+    assert info.name == long_path and info.size == 5
+    huge = 10 * 1024**3
+    info = tarfile.TarInfo.frombuf(tarfmt.header("big.bin", huge, 0o644, 0), "utf-8", "strict")
+    assert info.size == huge
+    parsed = tarfmt.parse(tarfmt.header("big.bin", huge, 0o755, 0))
+    assert not isinstance(parsed, str) and parsed.size == huge
+
+
+def test_long_paths_round_trip(cli, keys: Path, tmp_path: Path) -> None:
+    source = make_payload(tmp_path / "payload")
+    deep = source / ("d" * 80) / ("e" * 80)
+    deep.mkdir(parents=True)
+    (deep / "file.txt").write_text("deep")
+    out = tmp_path / "long.pai"
+    assert pack(cli, source, out).exit_code == 0
+    dest = tmp_path / "x"
+    assert cli("bundle", "extract", str(out), str(dest)).exit_code == 0, "extract failed"
+    assert (dest / ("d" * 80) / ("e" * 80) / "file.txt").read_text() == "deep"
+
+
+def test_pack_with_two_keys_two_of_two(cli, keys: Path, tmp_path: Path) -> None:
+    """--key twice with --threshold 2: both sign, the policy is in the signed manifest."""
+    import json
+    from datetime import timedelta
+
+    from pai.canonical import canonical_bytes
+    from pai.certs import issue_certificate
+    from pai.keys import generate, load_private, write_private
+
+    root = load_private(keys / "root.key")
+    second = generate("signing")
+    write_private(tmp_path / "second.key", second, None)
+    cert = issue_certificate(root, second.public, lifetime=timedelta(days=30))
+    (tmp_path / "second.cert").write_bytes(canonical_bytes(cert))
+    current = keys / "signing" / f"{(keys / 'current').read_text().strip()}.key"
+    out = tmp_path / "two.pai"
+    packed = pack(
+        cli, make_payload(tmp_path / "p"), out, "1.0.0",
+        "--key", str(current), "--key", str(tmp_path / "second.key"), "--threshold", "2",
+    )  # fmt: skip
+    assert packed.exit_code == 0, packed.output
+    verified = cli("bundle", "verify", str(out), "--json").json()
+    assert verified["threshold"] == 2 and len(verified["signers"]) == 2
+    policy = json.loads(cli("bundle", "inspect", str(out), "--json").stdout)["signature_policy"]
+    assert policy["threshold"] == 2 and second.kid in policy["signers"]
+    too_many = pack(
+        cli, make_payload(tmp_path / "q"), tmp_path / "x.pai", "1.0.0", "--threshold", "2"
+    )
+    assert too_many.exit_code == 2
+    assert "threshold 2 needs between 1 and 1 signers" in too_many.stderr

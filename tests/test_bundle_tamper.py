@@ -339,6 +339,16 @@ def test_signed_manifest_with_an_unsafe_path(bundle: Path, refused) -> None:
     refused(resign(bundle.read_bytes(), evil), "manifest", "'..'")
 
 
+def test_signed_manifest_with_a_file_below_a_file(bundle: Path, refused) -> None:
+    def nested(manifest: dict[str, Any]) -> None:
+        entry = dict(manifest["files"][0])
+        entry["path"] = manifest["files"][0]["path"] + "/inner"
+        manifest["files"].insert(1, entry)
+        manifest["total_size"] += entry["size"]
+
+    refused(resign(bundle.read_bytes(), nested), "manifest", "lies below another listed file")
+
+
 def test_threshold_of_distinct_signers(bundle: Path, pai_home: Path, refused) -> None:
     """A 2-of-2 policy with one signature, and with the same signer twice, is refused."""
     root = load_private(pai_home / "keys" / "root.key")

@@ -122,3 +122,12 @@ def test_fp32_matches_sentence_transformers_on_minilm(minilm_fp32: Path) -> None
     want = model.encode(texts, convert_to_numpy=True)
     got = EmbeddingEngine.load(minilm_fp32).embed(texts)
     assert _cos(got, want).min() >= 0.9999
+
+
+def test_fp16_build_keeps_float32_io_and_passes_the_gate(tmp_path: Path) -> None:
+    source = make_tiny_model(tmp_path / "src", seed=5)
+    doc = build_model(ModelSpec(name="half", source=source, dtype="fp16"), tmp_path / "out")
+    assert doc["dtype"] == "fp16" and doc["quantization"]["method"] == "fp16"
+    assert float(doc["accuracy_gate"]["min_cosine"]) >= 0.97
+    got = EmbeddingEngine.load(tmp_path / "out").embed(TEXTS)
+    assert got.dtype == np.float32 and got.shape == (len(TEXTS), 32)
