@@ -6,11 +6,13 @@ oldest has waited ``max_delay`` seconds. An event is durable once a flush that t
 returned: ``flush()`` waits for that, ``close()`` flushes and stops the thread. A failed
 append keeps the events queued and is retried; ``flush()`` and ``close()`` raise the error
 if it persists. When ``max_pending`` events are queued, ``add`` waits (backpressure) rather
-than dropping audit events.
+than dropping audit events. A batcher that is never closed is flushed at interpreter exit.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import threading
 import time
 from typing import Any
@@ -49,6 +51,7 @@ class AuditBatcher:
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="pai-audit-batcher", daemon=True)
         self._thread.start()
+        atexit.register(self._at_exit)
 
     def add(
         self,
@@ -97,6 +100,7 @@ class AuditBatcher:
 
     def close(self, timeout: float | None = None) -> int:
         """Flush, then stop the background thread. Returns the last sequence number."""
+        atexit.unregister(self._at_exit)
         try:
             return self.flush(timeout)
         finally:
@@ -104,6 +108,11 @@ class AuditBatcher:
                 self._closed = True
                 self._cond.notify_all()
             self._thread.join(timeout)
+
+    def _at_exit(self) -> None:
+        """An interpreter exiting without close() still writes what was queued."""
+        with contextlib.suppress(Exception):
+            self.close(timeout=10)
 
     def __enter__(self) -> AuditBatcher:
         return self

@@ -16,14 +16,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pai.audit.chain import Event
 from pai.audit.errors import CheckpointFileError, CheckpointSignatureError, FormatVersionError
 from pai.audit.merkle import Frontier
 from pai.audit.store import (
     CheckpointRow,
     Head,
     checkpoint_file,
-    hot_events,
     latest_checkpoint,
     one,
     parquet_events,
@@ -220,13 +218,16 @@ def _cached_frontier(row: CheckpointRow | None) -> Frontier | None:
     return frontier
 
 
-def events_after(con: duckdb.DuckDBPyConnection, p: Paths, seq: int) -> list[Event]:
-    """Every event with a sequence number above ``seq``, from segments and the hot table."""
-    found: list[Event] = []
+def hashes_after(con: duckdb.DuckDBPyConnection, p: Paths, seq: int) -> list[str]:
+    """Hashes of every event above ``seq``, from segments and the hot table, in order."""
+    found: list[str] = []
     for segment in segment_rows(con):
         if segment.last_seq > seq:
-            found.extend(e for e in parquet_events(segments_dir(p) / segment.file) if e.seq > seq)
-    found.extend(hot_events(con, "seq > ?", [seq]))
+            found.extend(
+                e.hash for e in parquet_events(segments_dir(p) / segment.file) if e.seq > seq
+            )
+    column = con.execute("SELECT hash FROM events WHERE seq > ? ORDER BY seq", [seq]).fetchnumpy()
+    found.extend(column["hash"].tolist())
     return found
 
 
@@ -255,7 +256,7 @@ def make_checkpoint(
     if top.seq == 0 or (last is not None and last.seq >= top.seq):
         return None
     frontier = _cached_frontier(last) or Frontier()
-    frontier.extend(bytes.fromhex(e.hash) for e in events_after(con, p, frontier.size))
+    frontier.extend(bytes.fromhex(h) for h in hashes_after(con, p, frontier.size))
     if frontier.size != top.seq:
         raise CheckpointFileError(
             f"the log holds {frontier.size} events but its head is seq {top.seq}",

@@ -12,12 +12,13 @@ any process, and two writers can never both extend the same head (no fork).
 from __future__ import annotations
 
 import getpass
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from pai.audit.chain import body_bytes, chain_hash, check_fields, details_text
+from pai.audit.chain import _enc, check_fields, details_text
 from pai.audit.store import head, insert, open_log
 from pai.settings import Paths, paths
 from pai.timeutil import format_time, utcnow
@@ -86,55 +87,58 @@ def record_events(events: Sequence[PendingEvent], *, home: Paths | None = None) 
     if not events:
         return []
     p = home or paths()
+    actions, resources, outcomes, actors, details = (list(c) for c in zip(*events, strict=True))
     with open_log(p, write=True) as con:
         top = head(con)
         now = format_time(utcnow())
         when = now if now > top.time else top.time
-        prev = bytes.fromhex(top.hash)
-        seqs: list[int] = []
+        first = top.seq + 1
+        seqs = list(range(first, first + len(events)))
+        hashes = _chain(
+            bytes.fromhex(top.hash), seqs, when, actions, resources, outcomes, actors, details
+        )
         columns: dict[str, list[Any]] = {
-            name: []
-            for name in (
-                "seq",
-                "time",
-                "actor",
-                "action",
-                "resource",
-                "outcome",
-                "details",
-                "prev_hash",
-                "hash",
-            )
+            "seq": seqs,
+            "time": [when] * len(seqs),
+            "actor": actors,
+            "action": actions,
+            "resource": resources,
+            "outcome": outcomes,
+            "details": details,
+            "prev_hash": [top.hash, *hashes[:-1]],
+            "hash": hashes,
         }
-        seq = top.seq
-        for event in events:
-            seq += 1
-            digest = chain_hash(
-                prev,
-                body_bytes(
-                    seq,
-                    when,
-                    event.actor,
-                    event.action,
-                    event.resource,
-                    event.outcome,
-                    event.details,
-                ),
-            )
-            columns["seq"].append(seq)
-            columns["time"].append(when)
-            columns["actor"].append(event.actor)
-            columns["action"].append(event.action)
-            columns["resource"].append(event.resource)
-            columns["outcome"].append(event.outcome)
-            columns["details"].append(event.details)
-            columns["prev_hash"].append(prev.hex())
-            columns["hash"].append(digest.hex())
-            seqs.append(seq)
-            prev = digest
         insert(con, columns)
-        _auto_checkpoint(con, p, seq, prev.hex(), when)
+        _auto_checkpoint(con, p, seqs[-1], hashes[-1], when)
     return seqs
+
+
+def _chain(
+    prev: bytes,
+    seqs: list[int],
+    when: str,
+    actions: list[str],
+    resources: list[str],
+    outcomes: list[str],
+    actors: list[str],
+    details: list[str],
+) -> list[str]:
+    """Hex chain hashes of consecutive events (the event bytes of :func:`body_bytes`, inline)."""
+    sha = hashlib.sha256
+    enc = _enc
+    time_text = enc(when)
+    hashes: list[str] = []
+    for seq, action, resource, outcome, actor, detail in zip(
+        seqs, actions, resources, outcomes, actors, details, strict=True
+    ):
+        body = (
+            f'{{"action":{enc(action)},"actor":{enc(actor)},"details":{detail},'
+            f'"outcome":{enc(outcome)},"resource":{enc(resource)},"seq":{seq},'
+            f'"time":{time_text}}}'
+        ).encode()
+        prev = sha(prev + body).digest()
+        hashes.append(prev.hex())
+    return hashes
 
 
 def _auto_checkpoint(con: Any, p: Paths, seq: int, head_hash: str, when: str) -> None:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pai.audit.chain import GENESIS, Event, body_bytes
+from pai.audit.chain import GENESIS, Event
+from pai.audit.chain import _enc as _enc
 from pai.audit.checkpoints import Checkpoint, read_file, verify_checkpoint
 from pai.audit.errors import (
     ChainLinkError,
@@ -45,7 +46,7 @@ from pai.audit.store import (
     segment_rows,
     segments_dir,
 )
-from pai.errors import KeyError_
+from pai.errors import KeyError_, NotFoundError
 from pai.settings import Paths
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ def collect_checkpoints(
             sources.append((f"database checkpoint {row.seq}", None))
     for file in [checkpoint_file(p), *extra_files]:
         if file in extra_files and not file.exists():
-            raise KeyError_(f"checkpoint file {file} does not exist")
+            raise NotFoundError(f"checkpoint file {file} does not exist")
         sources.extend(read_file(file))
     found: dict[int, list[Checkpoint]] = {}
     seen: set[str] = set()
@@ -187,51 +188,64 @@ def walk(
     prev_time: str = "",
     frontier: Frontier | None = None,
 ) -> tuple[str, str, Frontier]:
-    """Check a run of events continuing a chain; returns (head hash, head time, frontier)."""
+    """Check a run of events continuing a chain; returns (head hash, head time, frontier).
+
+    This loop is verification's whole cost, so the event encoding and the Merkle frontier
+    update are written out inline (same bytes as :func:`body_bytes` and
+    :meth:`Frontier.append`).
+    """
     tree = frontier if frontier is not None else Frontier()
-    expected = start
+    nodes, size = tree.nodes, tree.size
     sha = hashlib.sha256
+    enc = _enc
+    expected = start
     prev = bytes.fromhex(prev_hash)
+    prev_hex = prev_hash
     for event in events:
-        seq = event.seq
+        seq, time, actor, action, resource, outcome, details, row_prev, row_hash = event
         if seq != expected:
             what = "missing" if seq > expected else "repeated or out of order"
             raise SequenceError(
                 f"event {expected} is {what} (found seq {seq} where {expected} belongs)",
                 seq=expected,
             )
-        body = body_bytes(
-            seq,
-            event.time,
-            event.actor,
-            event.action,
-            event.resource,
-            event.outcome,
-            event.details,
-        )
-        digest = sha(bytes.fromhex(event.prev_hash) + body).digest()
-        if digest.hex() != event.hash:
+        body = (
+            f'{{"action":{enc(action)},"actor":{enc(actor)},"details":{details},'
+            f'"outcome":{enc(outcome)},"resource":{enc(resource)},"seq":{seq},'
+            f'"time":{enc(time)}}}'
+        ).encode()
+        linked = row_prev == prev_hex
+        digest = sha((prev if linked else bytes.fromhex(row_prev)) + body).digest()
+        digest_hex = digest.hex()
+        if digest_hex != row_hash:
             raise EventHashError(f"event {seq} was modified: its hash does not match", seq=seq)
-        if event.prev_hash != prev.hex():
+        if not linked:
             raise ChainLinkError(
                 f"event {seq} does not follow event {seq - 1}: the chain is broken", seq=seq
             )
-        if event.time < prev_time:
+        if time < prev_time:
             raise TimeOrderError(f"event {seq} is older than event {seq - 1}", seq=seq)
-        tree.append(digest)
+        node = sha(b"\x00" + digest).digest()
+        grown = size
+        while grown & 1:
+            node = sha(b"\x01" + nodes.pop() + node).digest()
+            grown >>= 1
+        nodes.append(node)
+        size += 1
         if seq in checkpoints:
+            tree.size = size
             root = tree.root().hex()
             for checkpoint in checkpoints[seq]:
-                if checkpoint.head_hash != event.hash or checkpoint.merkle_root != root:
+                if checkpoint.head_hash != digest_hex or checkpoint.merkle_root != root:
                     raise CheckpointMismatchError(
                         f"the signed checkpoint at seq {seq} ({checkpoint.time}) does not match "
                         "the log: events up to it were altered",
                         seq=seq,
                     )
-        prev = digest
-        prev_time = event.time
+        prev, prev_hex, prev_time = digest, digest_hex, time
         expected += 1
-    return prev.hex(), prev_time, tree
+    tree.size = size
+    return prev_hex, prev_time, tree
 
 
 def verify_log(

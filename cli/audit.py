@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
 
 from pai.audit import record_event
-from pai.cli.common import JSON_OPTION
 from pai.audit.errors import AuditError
+from pai.cli.common import JSON_OPTION
 from pai.cli.output import console, emit, err_console, json_mode, set_json
 from pai.errors import UsageError
 from pai.settings import paths
@@ -72,23 +72,16 @@ def checkpoint(json_out: bool = JSON_OPTION) -> None:
 
     set_json(json_out)
     p = paths()
+    # logged first, so the checkpoint covers its own event and verify has nothing unsigned
+    record_event("audit.checkpoint", resource="checkpoint", details={"trigger": "command"})
     doc, made = checkpoint_now(p)
     body = doc["body"]
-    if made:
-        record_event(
-            "audit.checkpoint",
-            resource=f"checkpoint:{body['seq']}",
-            details={"seq": body["seq"], "merkle_root": body["merkle_root"], "kid": body["kid"]},
-        )
+    fields = ("seq", "head_hash", "merkle_root", "time", "kid")
     emit(
-        {
-            "ok": True,
-            "new": made,
-            **{k: body[k] for k in ("seq", "head_hash", "merkle_root", "time", "kid")},
-        },
+        {"ok": True, "new": made, **{k: body[k] for k in fields}},
         lambda d: console.print(
-            f"{'signed' if d['new'] else 'already signed'} checkpoint at seq [bold]{d['seq']}[/] "
-            f"root {d['merkle_root'][:16]}… by key {d['kid']}"
+            f"signed checkpoint at seq [bold]{d['seq']}[/] root {d['merkle_root'][:16]}… "
+            f"by key {d['kid']}"
         ),
     )
 
@@ -175,5 +168,56 @@ def seal(
         {"ok": True, "sealed": body["count"], **body},
         lambda d: console.print(
             f"sealed events {d['first_seq']}..{d['last_seq']} into {d['file']} ({d['size']} bytes)"
+        ),
+    )
+
+
+@app.command("export")
+def export(
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Report file (a folder with --with-evidence)."
+    ),
+    fmt: str = typer.Option("html", "--format", help="csv, jsonl or html."),
+    since: str | None = typer.Option(None, "--since", help="Start of the period (inclusive)."),
+    until: str | None = typer.Option(None, "--until", help="End of the period (exclusive)."),
+    actor: str | None = typer.Option(None, "--actor", help="Only this actor (glob, e.g. 'svc:*')."),
+    action: str | None = typer.Option(
+        None, "--action", help="Only this action (glob, e.g. 'keys.*')."
+    ),
+    outcome: str | None = typer.Option(None, "--outcome", help="Only ok, denied or failed."),
+    with_evidence: bool = typer.Option(
+        False,
+        "--with-evidence",
+        help="Also write events, checkpoints, key and an offline verifier.",
+    ),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Export a period of the log as CSV, JSON Lines or an HTML report."""
+    from pai.audit import export as exporter
+
+    set_json(json_out)
+    p = paths()
+    sel = exporter.selection(
+        parse_time(since, "--since") if since else None,
+        parse_time(until, "--until") if until else None,
+        actor,
+        action,
+        outcome,
+    )
+    summary = exporter.export(p, output, fmt, sel, with_evidence=with_evidence)
+    record_event(
+        "audit.export",
+        resource=f"export:{fmt}",
+        details={
+            "events": summary["events"],
+            "evidence": with_evidence,
+            **{k: v for k, v in sel.as_dict().items() if v is not None},
+        },
+    )
+    emit(
+        summary,
+        lambda d: console.print(
+            f"exported {d['events']} events as {d['format']} to {d['output']}"
+            + (" with offline evidence" if with_evidence else "")
         ),
     )

@@ -70,6 +70,11 @@ def run(demo: Demo) -> None:
     demo.pai("bundle", "inspect", "--sbom", str(bundle), home=site)
     # Air-gapped site: serve the verified bundle, call it with a token, stop it.
     serve_steps(demo, bundle)
+    # The compliance officer: the log now holds the daemon's requests too.
+    demo.pai("audit", "checkpoint", home=site)
+    demo.pai("audit", "verify", home=site)
+    report = demo.workdir / "audit-report.html"
+    demo.pai("audit", "export", "--format", "html", "-o", str(report), home=site)
 
 
 def serve_steps(demo: Demo, bundle: Path) -> None:

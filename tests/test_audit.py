@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -39,10 +40,21 @@ def sql(home: Path, statement: str, params: list[Any] | None = None) -> list[Any
         con.close()
 
 
-def fill(n: int, **kw: Any) -> list[int]:
-    return [
-        record_event("test.event", resource=f"item:{i}", details={"i": i}, **kw) for i in range(n)
-    ]
+def sql_many(home: Path, statements: list[tuple[str, list[Any]]]) -> None:
+    con = duckdb.connect(str(db(home)))
+    try:
+        for statement, params in statements:
+            con.execute(statement, params)
+    finally:
+        con.close()
+
+
+def fill(n: int) -> list[int]:
+    """Append n events in one batch."""
+    from pai.audit import pending, record_events
+
+    events = [pending("test.event", resource=f"item:{i}", details={"i": i}) for i in range(n)]
+    return record_events(events)
 
 
 def verify(cli, *args: str):  # type: ignore[no-untyped-def]
@@ -60,16 +72,19 @@ def rechain(home: Path) -> None:
         home, "SELECT seq, time, actor, action, resource, outcome, details FROM events ORDER BY seq"
     )
     prev = bytes(32)
+    updates: list[tuple[str, list[Any]]] = []
     for seq, t, actor, action, resource, outcome, details in rows:
         digest = hashlib.sha256(
             prev + body_bytes(seq, t, actor, action, resource, outcome, details)
         ).digest()
-        sql(
-            home,
-            "UPDATE events SET prev_hash = ?, hash = ? WHERE seq = ?",
-            [prev.hex(), digest.hex(), seq],
+        updates.append(
+            (
+                "UPDATE events SET prev_hash = ?, hash = ? WHERE seq = ?",
+                [prev.hex(), digest.hex(), seq],
+            )
         )
         prev = digest
+    sql_many(home, updates)
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -148,17 +163,17 @@ def test_checkpoint_command_signs_the_head(cli, pai_home: Path) -> None:
     made = cli("audit", "checkpoint", "--json")
     assert made.exit_code == 0, made.output
     doc = made.json()
-    assert doc["seq"] == 5 and doc["new"] is True
+    assert doc["seq"] == 6 and doc["new"] is True
     lines = (pai_home / "audit" / "checkpoints.jsonl").read_text().splitlines()
-    assert json.loads(lines[0])["body"]["seq"] == 5
+    assert json.loads(lines[0])["body"]["seq"] == 6
     assert (
         json.loads(lines[0])["body"]["kid"]
         == json.loads((pai_home / "keys" / "node.pub").read_text())["kid"]
     )
     ok = verify(cli)
     assert ok.exit_code == 0 and ok.json()["checkpoints"] == 1
-    # the checkpoint command logged itself after the checkpoint
-    assert ok.json()["events"] == 6
+    # the checkpoint covers the event that logs the checkpoint command
+    assert ok.json()["events"] == 6 and ok.json()["warnings"] == []
 
 
 def test_automatic_checkpoints_follow_config(cli, pai_home: Path) -> None:
@@ -166,13 +181,15 @@ def test_automatic_checkpoints_follow_config(cli, pai_home: Path) -> None:
     (pai_home / "config.toml").write_text(
         '[audit]\ncheckpoint_every = 4\ncheckpoint_interval = "1d"\n'
     )
-    fill(9)
+    for i in range(9):
+        record_event("test.event", details={"i": i})
+    fill(6)  # one batch crossing the threshold gets one checkpoint at its end
     seqs = [r[0] for r in sql(pai_home, "SELECT seq FROM checkpoints ORDER BY seq")]
-    assert seqs == [4, 8]
+    assert seqs == [4, 8, 15]
     assert verify(cli).exit_code == 0
 
 
-def test_bad_checkpoint_config_is_a_usage_error(cli, pai_home: Path) -> None:
+def test_bad_checkpoint_config_does_not_lose_events(cli, pai_home: Path) -> None:
     fill(1)
     (pai_home / "config.toml").write_text("[audit]\ncheckpoint_every = 0\n")
     result = cli("audit", "checkpoint")
@@ -186,7 +203,7 @@ def test_bad_checkpoint_config_is_a_usage_error(cli, pai_home: Path) -> None:
 
 @pytest.fixture
 def signed_log(cli, pai_home: Path) -> Path:
-    """Ten events, a signed checkpoint at 10, then two more events."""
+    """Ten events, the checkpoint command's event 11 and a checkpoint there, then event 12."""
     fill(10)
     assert cli("audit", "checkpoint").exit_code == 0  # event 11 records the checkpoint
     fill(1)
@@ -204,7 +221,7 @@ def test_modified_and_rechained_row_is_caught_by_the_checkpoint(cli, signed_log:
     sql(signed_log, "UPDATE events SET details = '{\"i\":99}' WHERE seq = 4")
     rechain(signed_log)
     err = failure(verify(cli))
-    assert err["code"] == "audit-checkpoint-mismatch" and err["first_bad_seq"] == 10
+    assert err["code"] == "audit-checkpoint-mismatch" and err["first_bad_seq"] == 11
 
 
 def test_deleted_row_is_detected(cli, signed_log: Path) -> None:
@@ -237,7 +254,7 @@ def test_truncated_tail_is_detected(cli, signed_log: Path) -> None:
     sql(signed_log, "DELETE FROM events WHERE seq > 7")
     err = failure(verify(cli))
     assert err["code"] == "audit-truncated" and err["first_bad_seq"] == 8
-    assert "events 8..10 were removed" in err["message"]
+    assert "events 8..11 were removed" in err["message"]
 
 
 def test_truncation_is_detected_with_an_off_machine_copy(
@@ -257,10 +274,10 @@ def test_truncation_is_detected_with_an_off_machine_copy(
 def test_forged_checkpoint_is_detected(cli, signed_log: Path) -> None:
     path = signed_log / "audit" / "checkpoints.jsonl"
     doc = json.loads(path.read_text())
-    doc["body"]["seq"] = 11
+    doc["body"]["seq"] = 12  # claim the checkpoint covers event 12 too
     path.write_text(json.dumps(doc) + "\n")
     err = failure(verify(cli))
-    assert err["code"] == "audit-checkpoint-signature" and err["first_bad_seq"] == 11
+    assert err["code"] == "audit-checkpoint-signature" and err["first_bad_seq"] == 12
     assert "does not verify" in err["message"]
 
 
@@ -381,7 +398,7 @@ def test_hostile_proofs_are_rejected(cli, proof_files: tuple[Path, Path]) -> Non
     assert "cannot be a path" in _hostile(cli, proof, pub, shorter)
     assert "does not lead to the signed Merkle root" in _hostile(cli, proof, pub, swapped)
     assert "altered" in _hostile(cli, proof, pub, altered)
-    assert "checkpoint signs 10" in _hostile(cli, proof, pub, bigger_tree)
+    assert "checkpoint signs 11" in _hostile(cli, proof, pub, bigger_tree)
     assert "does not verify" in _hostile(cli, proof, pub, forged_root)
 
 
@@ -483,6 +500,18 @@ def test_batcher_flushes_on_size_time_and_close(pai_home: Path) -> None:
     assert verify_log(paths()).events == 121
 
 
+def test_import_is_cheap_and_exit_flushes(pai_home: Path) -> None:
+    code = (
+        "import sys; import pai.audit as a; "
+        "assert 'duckdb' not in sys.modules and 'pyarrow' not in sys.modules, sorted(sys.modules); "
+        "b = a.AuditBatcher(max_events=1000, max_delay=60); b.add('exit.flush')"
+    )
+    env = {**os.environ, "PAI_HOME": str(pai_home)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sql(pai_home, "SELECT action FROM events") == [("exit.flush",)]
+
+
 WRITER = textwrap.dedent(
     """
     import sys
@@ -542,7 +571,7 @@ def test_four_processes_append_concurrently_without_loss_or_fork(cli, pai_home: 
     assert per_writer == {f"w{i}": n for i, n in enumerate(counts)}
     # the writers interleaved: the chain alternates between them many times
     actors = [r[0] for r in sql(pai_home, "SELECT actor FROM events ORDER BY seq")]
-    switches = sum(1 for a, b in zip(actors, actors[1:]) if a != b)
+    switches = sum(1 for a, b in itertools.pairwise(actors) if a != b)
     assert switches >= 4
 
 
@@ -563,3 +592,224 @@ def test_sigkill_mid_batch_keeps_every_acknowledged_event(cli, pai_home: Path, m
         assert result.json()["events"] >= acknowledged
     seqs = [r[0] for r in sql(pai_home, "SELECT seq FROM events ORDER BY seq")]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+# --- exports --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def month(cli, pai_home: Path) -> Path:
+    """Thirty events spread over October, three on November 1, and a checkpoint."""
+    pai_home.mkdir(parents=True)
+    (pai_home / "config.toml").write_text('[audit]\ncheckpoint_interval = "1000d"\n')
+    from pai.audit import pending, record_events
+
+    record_events(
+        [
+            pending(
+                "keys.rotate" if i % 3 == 0 else "infer.embed",
+                resource=f"item:{i}",
+                actor="alice" if i % 2 else "svc:inference",
+                outcome="denied" if i % 10 == 9 else "ok",
+                details={"i": i},
+            )
+            for i in range(30)
+        ]
+    )
+    sql_many(
+        pai_home,
+        [
+            ("UPDATE events SET time = ? WHERE seq = ?", [f"2026-10-{seq:02d}T10:00:00Z", seq])
+            for seq in range(1, 31)
+        ],
+    )
+    record_events([pending("infer.embed", resource="late", details={"i": i}) for i in range(3)])
+    sql(pai_home, "UPDATE events SET time = ? WHERE seq > 30", ["2026-11-01T10:00:00Z"])
+    rechain(pai_home)
+    assert cli("audit", "checkpoint").exit_code == 0
+    return pai_home
+
+
+def test_export_jsonl_with_filters(cli, month: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e.jsonl"
+    result = cli(
+        "audit",
+        "export",
+        "--since",
+        "2026-10-05",
+        "--until",
+        "2026-10-20",
+        "--actor",
+        "svc:*",
+        "--format",
+        "jsonl",
+        "-o",
+        str(out),
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["seq"] for r in rows] == [5, 7, 9, 11, 13, 15, 17, 19]
+    assert result.json()["events"] == 8
+    assert rows[0]["details"] == {"i": 4} and rows[0]["actor"] == "svc:inference"
+
+
+def test_export_csv_outcome_and_action(cli, month: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e.csv"
+    result = cli(
+        "audit",
+        "export",
+        "--outcome",
+        "denied",
+        "--action",
+        "infer.*",
+        "--format",
+        "csv",
+        "-o",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    assert lines[0] == "seq,time,actor,action,resource,outcome,details,prev_hash,hash"
+    assert [line.split(",")[0] for line in lines[1:]] == ["20", "30"]
+
+
+def test_export_html_is_self_contained(cli, month: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    result = cli(
+        "audit", "export", "--since", "2026-10-01", "--until", "2026-11-01", "-o", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert "Verified" in page and "<svg" in page and "2026-10-01T00:00:00Z" in page
+    assert json.loads((month / "keys" / "node.pub").read_text())["kid"] in page
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "<link" not in page and "src=" not in page
+    embedded = page.split('id="pai-audit-events">')[1].split("</script>")[0]
+    assert len(json.loads(embedded)) == 30
+
+
+def test_export_report_shows_a_failed_verification(cli, month: Path, tmp_path: Path) -> None:
+    sql(month, "UPDATE events SET actor = 'mallory' WHERE seq = 7")
+    out = tmp_path / "r.html"
+    assert cli("audit", "export", "-o", str(out)).exit_code == 0
+    page = out.read_text()
+    assert "NOT verified" in page and "audit-hash" in page
+
+
+def test_export_bad_arguments(cli, month: Path, tmp_path: Path) -> None:
+    bad = cli("audit", "export", "--format", "pdf", "-o", str(tmp_path / "x"))
+    assert bad.exit_code == 2 and "--format must be one of csv, jsonl, html" in bad.stderr
+    order = cli(
+        "audit",
+        "export",
+        "--since",
+        "2026-10-10",
+        "--until",
+        "2026-10-01",
+        "-o",
+        str(tmp_path / "x"),
+    )
+    assert order.exit_code == 2 and "--until must be later than --since" in order.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def _clean_python(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Python where pai cannot be imported: no site hooks, only cryptography on the path."""
+    import cryptography
+
+    site = Path(cryptography.__file__).parent.parent
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)}
+    return subprocess.run(
+        [sys.executable, "-S", *args],
+        env=env,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _standalone(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return _clean_python(folder, str(folder / "verify_evidence.py"), str(folder), *args)
+
+
+@pytest.mark.parametrize("fmt", ["html", "csv", "jsonl"])
+def test_evidence_verifies_offline_without_pai(cli, month: Path, tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / "evidence"
+    result = cli(
+        "audit",
+        "export",
+        "--since",
+        "2026-10-10",
+        "--until",
+        "2026-10-20",
+        "--outcome",
+        "ok",
+        "--format",
+        fmt,
+        "-o",
+        str(out),
+        "--with-evidence",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.json()["slice"] == {"first_seq": 9, "last_seq": 34}
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            f"report.{fmt}",
+            "events.jsonl",
+            "checkpoints.jsonl",
+            "node.pub",
+            "evidence.json",
+            "verify_evidence.py",
+            "README.txt",
+        ]
+    )
+    assert "No module named 'pai'" in _clean_python(out, "-c", "import pai").stderr
+    ok = _standalone(out, "--pubkey", str(month / "keys" / "node.pub"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "VERIFIED" in ok.stdout and "exactly the 9 matching events" in ok.stdout
+
+
+def test_tampered_evidence_is_rejected(cli, month: Path, tmp_path: Path) -> None:
+    out = tmp_path / "evidence"
+    assert (
+        cli(
+            "audit",
+            "export",
+            "--since",
+            "2026-10-10",
+            "--format",
+            "jsonl",
+            "-o",
+            str(out),
+            "--with-evidence",
+        ).exit_code
+        == 0
+    )
+    pristine = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def restore() -> None:
+        for name, data in pristine.items():
+            (out / name).write_bytes(data)
+
+    report = out / "report.jsonl"
+    lines = report.read_text().splitlines()
+    report.write_text("\n".join(lines[:2] + lines[3:]) + "\n")  # drop an event
+    assert "report holds" in _standalone(out).stdout
+    restore()
+    report.write_text(report.read_text().replace('"outcome":"denied"', '"outcome":"ok"', 1))
+    assert "differs from the signed log" in _standalone(out).stdout
+    restore()
+    events = out / "events.jsonl"
+    events.write_text(events.read_text().replace('"actor":"alice"', '"actor":"bob"', 1))
+    assert "was altered" in _standalone(out).stdout
+    restore()
+    from pai.keys import generate
+
+    other = tmp_path / "other.pub"
+    other.write_text(json.dumps(generate("node").public_document()))
+    assert "not by" in _standalone(out, "--pubkey", str(other)).stdout
+    restore()
+    assert _standalone(out).returncode == 0
