@@ -69,11 +69,14 @@ class AuditBatcher:
                 raise StateError("the audit batcher is closed")
             while len(self._queue) >= self._max_pending and not self._closed:
                 self._cond.wait(0.1)
-            if not self._queue:
+            was_empty = not self._queue
+            if was_empty:
                 self._oldest = time.monotonic()
             self._queue.append(event)
             self._added += 1
-            if len(self._queue) >= self._max_events:
+            # The writer sleeps without a deadline while the queue is empty: wake it for the
+            # first event (it then waits out max_delay) and when a full batch is ready.
+            if was_empty or len(self._queue) >= self._max_events:
                 self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> int:

@@ -482,6 +482,24 @@ def test_seal_bad_date_is_a_usage_error(cli, pai_home: Path) -> None:
 # --- batching, concurrency, crashes ---------------------------------------------------------
 
 
+def test_batcher_writes_a_lone_event_without_flush(pai_home: Path) -> None:
+    """One event, far below max_events, is written once max_delay passes, with no flush()."""
+    from pai.audit.verify import verify_log
+
+    batcher = AuditBatcher(max_events=1000, max_delay=0.05)
+    batcher.add("serve.start", resource="daemon", actor="svc:infer")
+    deadline = time.monotonic() + 30
+    written = 0
+    while time.monotonic() < deadline:
+        if (paths().audit / "audit.duckdb").exists():
+            written = verify_log(paths()).events
+            if written:
+                break
+        time.sleep(0.05)
+    batcher.close()
+    assert written == 1
+
+
 def test_batcher_flushes_on_size_time_and_close(pai_home: Path) -> None:
     batcher = AuditBatcher(max_events=50, max_delay=0.05)
     for i in range(120):
