@@ -13,6 +13,7 @@ default, and the only one tested on machines without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -119,6 +120,19 @@ def available_providers() -> list[str]:
     return [p for p in (CUDA, CPU) if p in have]
 
 
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Load CUDA/cuDNN from the nvidia-* wheels when that is where they are installed.
+
+    onnxruntime-gpu's CUDA provider links against libcudart, cuBLAS and cuDNN; on nodes that
+    carry them as pip wheels (the `gpu` extra) rather than a system CUDA, they are only found
+    after ``preload_dlls``. With a system CUDA this is a no-op.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.suppress(Exception):
+            preload()
+
+
 def default_providers() -> list[str]:
     """CUDA first when onnxruntime-gpu is installed and sees a GPU, then the CPU."""
     from pai.inference.gpu import gpu_count
@@ -214,12 +228,21 @@ class EmbeddingEngine:
         if not spinning:  # a daemon shares the cores with its event loop: idle threads sleep
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
+        if CUDA in chosen:
+            _preload_cuda_libraries(ort)
         try:
             session = ort.InferenceSession(
                 str(model_dir / MODEL_FILE), sess_options=options, providers=chosen
             )
         except Exception as exc:
             raise ModelError(f"onnxruntime cannot load {model_dir / MODEL_FILE}: {exc}") from None
+        if providers and CUDA in chosen and CUDA not in session.get_providers():
+            # onnxruntime falls back to the CPU silently when CUDA libraries fail to load;
+            # an operator who asked for the GPU must hear about it.
+            raise ProviderError(
+                "the CUDA execution provider failed to load (CUDA or cuDNN libraries missing?)",
+                hint="check `pai doctor`, or serve with --device cpu",
+            )
         return cls(model_dir, config, session, tokenizer, counter, batch_size=batch_size)
 
     # -- what the daemon and the bundle reports show ---------------------------------------
