@@ -171,6 +171,8 @@ def check_faiss() -> str:
 def check_doctor() -> str:
     out = subprocess.run(
         [sys.executable, "-m", "pai.cli", "doctor", "--json"],
+        # not the repository root: its pai/ folder would shadow an installed (non-editable) pai
+        cwd=tempfile.gettempdir(),
         capture_output=True,
         text=True,
         timeout=120,
