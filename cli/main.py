@@ -21,8 +21,11 @@ from pai.cli import audit as audit_cmd
 from pai.cli import backup as backup_cmd
 from pai.cli import bundle as bundle_cmd
 from pai.cli import bundle_build  # noqa: F401  (registers build, apply-delta on `pai bundle`)
+from pai.cli import doctor as doctor_cmd
 from pai.cli import install as install_cmd
 from pai.cli import keys as keys_cmd
+from pai.cli import serve as serve_cmd
+from pai.cli import token as token_cmd
 from pai.cli.output import error
 from pai.errors import PaiError
 
@@ -89,6 +92,9 @@ def root(
 
 
 app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(token_cmd.app, name="token")
+app.command("serve")(serve_cmd.serve)
+app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(bundle_cmd.app, name="bundle")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(backup_cmd.app, name="backup")

@@ -176,6 +176,7 @@ class EmbeddingEngine:
         *,
         providers: list[str] | None = None,
         threads: int = 0,
+        spinning: bool = True,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> EmbeddingEngine:
         """Open the model folder; ``providers`` defaults to CUDA when present, else CPU.
@@ -210,6 +211,8 @@ class EmbeddingEngine:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
+        if not spinning:  # a daemon shares the cores with its event loop: idle threads sleep
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         try:
             session = ort.InferenceSession(

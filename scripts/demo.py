@@ -80,6 +80,64 @@ def run(demo: Demo) -> None:
     repo = demo.workdir / "backup-repo"
     demo.pai("backup", "create", "--repo", str(repo), "-r", recipient, home=site)
     demo.pai("backup", "verify", "latest", "--repo", str(repo), "-i", str(identity), home=site)
+    # Air-gapped site: serve the verified bundle, call it with a token, stop it.
+    serve_steps(demo, bundle)
+
+
+def serve_steps(demo: Demo, bundle: Path) -> None:
+    """`pai serve` in the background on the bundle; a token; an embedding; a search; SIGTERM."""
+    import signal
+    import urllib.request
+
+    site = demo.site_home
+    demo.pai("token", "keygen", home=site)
+    issued = demo.pai(
+        "token", "issue", "--sub", "crm-app", "--tenant", "northwind",
+        "--scopes", "embed,search", "--ttl", "1h", home=site,
+    )  # fmt: skip
+    token = issued.stdout.strip().splitlines()[-1]
+    print(f"\n\033[1m$ pai serve --bundle {bundle.name} --port 0 &\033[0m", flush=True)
+    log = (demo.workdir / "serve.log").open("w")
+    daemon = subprocess.Popen(
+        [*PAI, "serve", "--json", "--bundle", str(bundle), "--port", "0"],
+        env={**os.environ, "PAI_HOME": str(site)}, stdout=subprocess.PIPE, stderr=log, text=True,
+    )  # fmt: skip
+    try:
+        assert daemon.stdout is not None
+        ready = daemon.stdout.readline()
+        if not ready:
+            raise SystemExit(f"demo failed: pai serve did not start (see {log.name})")
+        print(ready.strip())
+        url = f"http://127.0.0.1:{json.loads(ready)['port']}"
+
+        def post(path: str, body: dict[str, object]) -> dict[str, object]:
+            request = urllib.request.Request(
+                url + path, data=json.dumps(body).encode(), method="POST",
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )  # fmt: skip
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return dict(json.loads(response.read()))
+
+        embedded = post("/v1/embeddings", {"model": "minilm", "input": ["renewal quote", "hi"]})
+        data = embedded["data"]
+        assert isinstance(data, list)
+        print(
+            f"POST /v1/embeddings -> {len(data)} vectors of {len(data[0]['embedding'])} "
+            f"floats from {embedded['model']}, usage {embedded['usage']}"
+        )
+        found = post("/v1/indexes/crm/search", {"query": "invoice dispute", "k": 3})
+        hits = found["data"]
+        assert isinstance(hits, list) and hits, "the search found nothing"
+        for hit in hits:
+            print(f"  {hit['score']:.3f}  {hit['id']}  {str(hit['text'])[:70]}")
+        demo.pai("doctor", home=site)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        out, _ = daemon.communicate(timeout=120)
+        log.close()
+        print(f"$ kill -TERM {daemon.pid}   -> {out.strip()} exit {daemon.returncode}")
+    if daemon.returncode != 0:
+        raise SystemExit("demo failed: pai serve did not stop cleanly")
 
 
 def main() -> None:
