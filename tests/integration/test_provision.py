@@ -31,20 +31,15 @@ def site(tmp_path_factory: pytest.TempPathFactory, lab2: hosts.Lab) -> Iterator[
         root_pub = work / "home" / "keys" / "root.pub"
         assert run_cli("keys", "trust", "add", str(root_pub)).exit_code == 0
         wheel = nodebundle.pai_wheel(work / "wheel")
+        model = nodebundle.tiny_model(work / "model")
         inventory_dir = work / "inventory"
         inventory_dir.mkdir()
-        inventory = lab2.inventory(
-            inventory_dir / "hosts.ini",
-            extra=(
-                f"pai_test_serve='{nodebundle.SERVE_COMMAND}'\n"
-                "pai_serve_command='{{ pai_test_serve }}'\npai_health_retries=15"
-            ),
-        )
+        inventory = lab2.inventory(inventory_dir / "hosts.ini", extra="pai_health_retries=40")
         yield {
             "work": work,
             "inventory": inventory,
-            "v1": nodebundle.make_bundle(work, "0.1.0", wheel),
-            "v2": nodebundle.make_bundle(work, "0.2.0", wheel),
+            "v1": nodebundle.make_bundle(work, "0.1.0", wheel, model),
+            "v2": nodebundle.make_bundle(work, "0.2.0", wheel, model),
         }
 
 
@@ -156,7 +151,7 @@ def test_upgrade_rolls_back_a_batch_that_fails_its_health_check(
     (host_vars / "h2.yml").write_text(
         "# fault injected by the test: release 0.2.0 cannot start its service on h2\n"
         "pai_serve_command: \"{{ '/bin/false' if (pai_version | string) == '0.2.0' "
-        'else pai_test_serve }}"\n'
+        'else pai_serve_default_command }}"\n'
     )
     try:
         result = pai(
