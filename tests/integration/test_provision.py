@@ -7,6 +7,7 @@ health check and is rolled back automatically, a manual rollback, and the node t
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,15 +58,18 @@ def current(lab: hosts.Lab, host: hosts.Host) -> str:
     return out.stdout.strip().rsplit("/", 1)[1]
 
 
+def readyz(host: hosts.Host) -> dict[str, Any]:
+    """`pai serve`'s /readyz on the node, asked from the control node over the bridge."""
+    with urllib.request.urlopen(f"http://{host.address}:8400/readyz", timeout=10) as r:
+        body: dict[str, Any] = json.loads(r.read())
+    return body
+
+
 def served(lab: hosts.Lab, host: hosts.Host) -> list[str]:
-    """What the node's API answers, asked from the control node over the bridge."""
+    """The bundle versions the node's daemon serves."""
     out = lab.ssh(host, "true")  # the node is up
     assert out.returncode == 0
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://{host.address}:8400/readyz", timeout=10) as r:
-        body = json.loads(r.read())
-    return [b["version"] for b in body["bundles"]]
+    return [b["version"] for b in readyz(host)["bundles"]]
 
 
 def test_hosts_answer_ssh_and_have_no_route_beyond_the_bridge(lab2: hosts.Lab) -> None:
@@ -109,9 +113,14 @@ def test_install_two_hosts(site: dict[str, Any], lab2: hosts.Lab) -> None:
         assert row["health"] == "ok"
         assert row["gpu"] is False
         assert row["service"] == "supervisor"
+        # the real daemon embedded the health check's text with the bundle's model
+        assert row["smoke"] == f"{nodebundle.MODEL_NAME}@1.0.0 (32 dims)"
     for host in lab2.hosts:
         assert current(lab2, host) == "0.1.0"
         assert served(lab2, host) == ["0.1.0"]
+        assert readyz(host)["models"] == [f"{nodebundle.MODEL_NAME}@1.0.0"]
+        key = lab2.ssh(host, "stat -c '%a %U' /var/lib/pai/jwt/issuer/*.pem")
+        assert key.stdout.split() == ["600", "pai"], key.stdout + key.stderr
     assert Path(result.json()["steps"][0]["artifacts"], "stdout").exists()
 
 
