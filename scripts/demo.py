@@ -69,6 +69,9 @@ def run(demo: Demo) -> None:
     demo.pai("bundle", "verify", str(bundle), home=site)
     demo.pai("bundle", "inspect", str(bundle), home=site)
     demo.pai("bundle", "inspect", "--sbom", str(bundle), home=site)
+    # Air-gapped site: serve the verified bundle, call it with a token, stop it.
+    serve_steps(demo, bundle)
+    # The compliance officer: the log now holds the daemon's requests too.
     demo.pai("audit", "checkpoint", home=site)
     demo.pai("audit", "verify", home=site)
     report = demo.workdir / "audit-report.html"
@@ -80,8 +83,6 @@ def run(demo: Demo) -> None:
     repo = demo.workdir / "backup-repo"
     demo.pai("backup", "create", "--repo", str(repo), "-r", recipient, home=site)
     demo.pai("backup", "verify", "latest", "--repo", str(repo), "-i", str(identity), home=site)
-    # Air-gapped site: serve the verified bundle, call it with a token, stop it.
-    serve_steps(demo, bundle)
 
 
 def serve_steps(demo: Demo, bundle: Path) -> None:
