@@ -11,7 +11,7 @@ cd "$(dirname "$0")"
 APT_PACKAGES=(openssl iproute2 util-linux debootstrap openssh-client nftables age restic zstd)
 PYTHON=${PYTHON:-python3}
 VENV=.venv
-EXTRAS=${PAI_EXTRAS:-dev,build}
+EXTRAS=${PAI_EXTRAS:-dev,build,control}
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -11,14 +11,14 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite (integration tests included where the machine allows them)."""
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,build,control]")
     session.run("pytest", *session.posargs)
 
 
 @nox.session
 def provision(session: nox.Session) -> None:
     """Provisioning integration tests on real SSH test hosts (needs root and debootstrap)."""
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,build,control]")
     session.run(
         "pytest", "-m", "integration", "tests/integration/test_provision.py", *session.posargs
     )

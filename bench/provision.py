@@ -1,7 +1,8 @@
 """Install time on 2, 4 and 8 real SSH test hosts (forks = hosts), and the no-change re-run.
 
-Runs `pai install` in-process against hosts made as in the integration tests (needs root
-and debootstrap). Prints seconds and the ratio to the 2-host time measured in the same run.
+Runs `pai install` (its own process: ansible patches ``sys.intern``) against hosts made as in
+the integration tests (needs root and debootstrap), each ending with the real `pai serve` and
+its smoke embedding. Prints seconds and the ratio to the 2-host time measured in the same run.
 Usage: .venv/bin/python bench/provision.py [--hosts 2,4,8]
 """
 
@@ -19,13 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console
 from rich.table import Table
 
-from tests.helpers.cli import run_cli
+from tests.helpers.cli import run_cli, run_cli_process
 from tests.integration import hosts, nodebundle
 
 
 def timed_install(bundle: Path, inventory: Path, forks: int) -> float:
     start = time.perf_counter()
-    result = run_cli("install", str(bundle), "-i", str(inventory), "--forks", str(forks), "--json")
+    args = ["install", str(bundle), "-i", str(inventory), "--forks", str(forks), "--json"]
+    result = run_cli_process(*args)
     elapsed = time.perf_counter() - start
     if result.exit_code != 0:
         raise SystemExit(f"install failed: {result.output[-2000:]}")
@@ -40,14 +42,12 @@ def main() -> None:
     os.environ["PAI_HOME"] = str(work / "home")
     assert run_cli("keys", "init").exit_code == 0
     assert run_cli("keys", "trust", "add", str(work / "home/keys/root.pub")).exit_code == 0
-    bundle = nodebundle.make_bundle(work, "1.0.0", nodebundle.pai_wheel(work / "wheel"))
+    model = nodebundle.tiny_model(work / "model")
+    bundle = nodebundle.make_bundle(work, "1.0.0", nodebundle.pai_wheel(work / "wheel"), model)
     rows: list[tuple[int, float, float]] = []
     for n in counts:
         with hosts.lab(n) as lab:
-            inventory = lab.inventory(
-                work / f"hosts-{n}.ini",
-                extra=f"pai_serve_command='{nodebundle.SERVE_COMMAND}'",
-            )
+            inventory = lab.inventory(work / f"hosts-{n}.ini")
             first = timed_install(bundle, inventory, n)
             again = timed_install(bundle, inventory, n)
         rows.append((n, first, again))

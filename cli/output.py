@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -55,7 +56,8 @@ def error(code: str, message: str, exit_code: int) -> None:
     if json_mode():
         payload = {"ok": False, "error": {"code": code, "message": message}}
         sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
+    # escaped: a message may quote brackets (pai[control], a[0]) that rich would eat as markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True)
     _ = exit_code
 
 

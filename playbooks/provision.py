@@ -28,6 +28,7 @@ from pai.playbooks.runner import (
     ansible_bin_dir,
     content_dir,
     list_hosts,
+    require_control,
     run_playbook,
 )
 from pai.settings import paths
@@ -177,6 +178,7 @@ def install(
     on_change: OnChange | None = None,
 ) -> Outcome:
     """Verify ``bundle``, then run the install playbook on the inventory's ``pai_nodes``."""
+    require_control("pai install")
     list_hosts(inventory, limit)
     facts = verify(bundle)
     result = run_playbook(
@@ -236,6 +238,7 @@ def upgrade(
     on_change: OnChange | None = None,
 ) -> Outcome:
     """Roll ``bundle`` out canary first, batch by batch, rolling back a failed batch."""
+    require_control("pai upgrade")
     if max_fail < 0:
         raise UsageError("--max-fail must be 0 or more")
     hosts = list_hosts(inventory, limit)
@@ -287,6 +290,7 @@ def rollback(
     on_change: OnChange | None = None,
 ) -> Outcome:
     """Switch nodes to ``to`` (an installed release) or to the release they ran before."""
+    require_control("pai rollback")
     list_hosts(inventory, limit)
     extravars = {"pai_rollback_to": to} if to else {}
     result = run_playbook(
@@ -304,6 +308,7 @@ def rollback(
 
 def verify_nodes(inventory: Path, *, limit: str | None = None) -> dict[str, Any]:
     """Run the shipped testinfra suite against the live nodes; results per host and check."""
+    require_control("pai verify-node")
     hosts = list_hosts(inventory, limit)
     run_dir = paths().ensure().home / "ansible" / f"verify-{format_time(utcnow())}"
     run_dir = run_dir.with_name(run_dir.name.replace(":", ""))

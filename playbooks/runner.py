@@ -11,6 +11,7 @@ render them live (the CLI draws a rich table) and gets a :class:`PlayResult` at 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import shutil
@@ -38,6 +39,42 @@ class PlaybookError(PaiError):
     """Ansible itself could not run (bad playbook, runner crash): no host result to report."""
 
     code = "playbook"
+
+
+class ControlExtraMissing(PaiError):
+    """The control-node tools (the ``control`` extra) are not installed where pai runs."""
+
+    code = "control_extra_missing"
+
+
+# module -> distribution of the `control` extra; serving nodes install pai without it.
+CONTROL_MODULES = {
+    "ansible": "ansible-core",
+    "ansible_runner": "ansible-runner",
+    "pytest": "pytest",
+    "testinfra": "pytest-testinfra",
+}
+
+
+def require_control(command: str) -> None:
+    """Refuse early, in one line, when pai was installed without ``pai[control]``.
+
+    Only looks the modules up (``find_spec``): importing ansible here would patch
+    ``sys.intern`` in this interpreter, which the playbook runs never need.
+    """
+    missing = [dist for mod, dist in CONTROL_MODULES.items() if _find(mod) is None]
+    if missing:
+        raise ControlExtraMissing(
+            f"{command} runs on the control node and needs {', '.join(missing)}",
+            hint="install pai with its control extra there: pip install 'pai[control]'",
+        )
+
+
+def _find(module: str) -> object:
+    try:
+        return importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
 
 
 def content_dir() -> Path:

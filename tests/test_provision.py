@@ -5,11 +5,20 @@ The real runs over SSH are in tests/integration/test_provision.py.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pai.playbooks.provision import plan_batches
+from tests.helpers.cli import CliResult, run_cli_process
+
+
+@pytest.fixture
+def pai(pai_home: Path) -> Callable[..., CliResult]:
+    """pai in its own process: these commands load ansible, which patches ``sys.intern``."""
+    return run_cli_process
 
 
 @pytest.fixture
@@ -19,36 +28,36 @@ def inventory(tmp_path: Path) -> Path:
     return path
 
 
-def test_install_refuses_a_missing_inventory(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    result = cli("install", str(tmp_path / "b.bundle"), "-i", str(tmp_path / "none.ini"))
+def test_install_refuses_a_missing_inventory(pai, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = pai("install", str(tmp_path / "b.bundle"), "-i", str(tmp_path / "none.ini"))
     assert result.exit_code == 2
     assert "none.ini does not exist" in result.stderr
 
 
-def test_install_refuses_an_inventory_without_pai_nodes(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_install_refuses_an_inventory_without_pai_nodes(pai, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     inv = tmp_path / "hosts.yml"
     inv.write_text("all:\n  children:\n    web:\n      hosts:\n        w1: {}\n")
-    result = cli("install", str(tmp_path / "b.bundle"), "-i", str(inv), "--json")
+    result = pai("install", str(tmp_path / "b.bundle"), "-i", str(inv), "--json")
     assert result.exit_code == 2
     assert result.json()["error"]["code"] == "inventory"
     assert "no host of group 'pai_nodes'" in result.json()["error"]["message"]
 
 
-def test_limit_that_matches_nothing_is_a_usage_error(cli, inventory: Path) -> None:  # type: ignore[no-untyped-def]
-    result = cli("rollback", "-i", str(inventory), "--limit", "nosuchhost")
+def test_limit_that_matches_nothing_is_a_usage_error(pai, inventory: Path) -> None:  # type: ignore[no-untyped-def]
+    result = pai("rollback", "-i", str(inventory), "--limit", "nosuchhost")
     assert result.exit_code == 2
     assert "matches --limit nosuchhost" in result.stderr
 
 
-def test_install_refuses_a_missing_bundle(cli, inventory: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    result = cli("install", str(tmp_path / "missing.bundle"), "-i", str(inventory))
+def test_install_refuses_a_missing_bundle(pai, inventory: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = pai("install", str(tmp_path / "missing.bundle"), "-i", str(inventory))
     assert result.exit_code == 1
     assert "missing.bundle does not exist" in result.stderr
 
 
 @pytest.mark.parametrize("batch", ["0", "-1", "0%", "150%", "half"])
-def test_upgrade_refuses_a_bad_batch(cli, inventory: Path, tmp_path: Path, batch: str) -> None:  # type: ignore[no-untyped-def]
-    result = cli("upgrade", str(tmp_path / "b.bundle"), "-i", str(inventory), "--batch", batch)
+def test_upgrade_refuses_a_bad_batch(pai, inventory: Path, tmp_path: Path, batch: str) -> None:  # type: ignore[no-untyped-def]
+    result = pai("upgrade", str(tmp_path / "b.bundle"), "-i", str(inventory), "--batch", batch)
     assert result.exit_code == 2
     assert "--batch" in result.stderr
 
@@ -76,3 +85,24 @@ def test_the_packaged_content_is_complete() -> None:
         assert (root / name).is_file(), name
     roles = {p.name for p in (root / "roles").iterdir()}
     assert {"base", "gpu", "runtime", "service", "firewall", "health", "rollback"} <= roles
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["install", "b.bundle", "-i", "hosts.ini"], "pai install"),
+        (["upgrade", "b.bundle", "-i", "hosts.ini"], "pai upgrade"),
+        (["rollback", "-i", "hosts.ini"], "pai rollback"),
+        (["verify-node", "-i", "hosts.ini"], "pai verify-node"),
+    ],
+)
+def test_control_commands_need_the_control_extra(  # type: ignore[no-untyped-def]
+    cli, monkeypatch: pytest.MonkeyPatch, args: list[str], command: str
+) -> None:
+    # as on a serving node, installed without pai[control]: ansible-runner cannot be imported
+    monkeypatch.setitem(sys.modules, "ansible_runner", None)
+    result = cli(*args)
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert f"{command} runs on the control node and needs ansible-runner" in result.stderr
+    assert "pip install 'pai[control]'" in result.stderr

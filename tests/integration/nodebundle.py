@@ -1,20 +1,19 @@
-"""Small signed bundles for the provisioning tests: pai's wheelhouse plus what the node serves.
+"""Small signed bundles for the provisioning tests: pai's wheelhouse plus a model to serve.
 
 The wheelhouse holds pai's own wheel (built from this checkout) and its runtime dependencies
-for the test hosts (Debian bookworm, Python 3.11: the same as here). The dependency wheels are
-downloaded once and cached under ``/var/cache/pai-test-wheels`` keyed by the requirement list.
+for the test hosts (Debian bookworm, Python 3.11: the same as here), never the control-node
+extra (ansible, testinfra). The dependency wheels are downloaded once and cached under
+``/var/cache/pai-test-wheels`` keyed by the requirement list.
 
-Until the node serves `pai serve` in these tests, the service command is Python's http.server
-over the release's ``www/`` folder, whose ``readyz`` answers like `pai serve`'s /readyz
-(``{"status": "ready", "bundles": [{"name", "version"}]}``): the playbooks, supervisor,
-firewall and health checks run for real against it.
+The bundle also carries a tiny BERT model (tests/helpers/tiny_model.py, exported to ONNX), so
+the hosts run the real `pai serve --bundle /opt/pai/current/bundle`, which loads it in a
+second, and the health role's smoke embedding goes through the real model.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -28,10 +27,7 @@ from pai.settings import paths
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/pai-test-wheels")
 BUNDLE_NAME = "pai-node"
-SERVE_COMMAND = (
-    "{{ pai_current }}/bin/python -m http.server --bind 0.0.0.0 {{ pai_api_port }} "
-    "--directory {{ pai_current }}/bundle/www"
-)
+MODEL_NAME = "tiny"
 
 
 def requirements() -> list[str]:
@@ -70,16 +66,26 @@ def pai_wheel(dest: Path) -> Path:
     return next(dest.glob("pai-*.whl"))
 
 
-def make_bundle(work: Path, version: str, wheel: Path) -> Path:
-    """A signed bundle of ``version`` (keys from the current PAI_HOME)."""
+def tiny_model(dest: Path) -> Path:
+    """A tiny BERT exported for pai (fp32 ONNX, tokenizer, pooling): loads in about a second."""
+    from pai.bundles.models import ModelSpec, build_model
+    from tests.helpers.tiny_model import make_tiny_model
+
+    source = make_tiny_model(dest / "src")
+    build_model(
+        ModelSpec(name=MODEL_NAME, source=source, dtype="fp32", version="1.0.0"), dest / "m"
+    )
+    return dest / "m"
+
+
+def make_bundle(work: Path, version: str, wheel: Path, model: Path) -> Path:
+    """A signed bundle of ``version`` (keys from the current PAI_HOME): wheels and ``model``."""
     source = work / f"src-{version}"
     (source / "wheels").mkdir(parents=True)
-    (source / "www").mkdir()
     for whl in dependency_wheels().glob("*.whl"):
         shutil.copy(whl, source / "wheels" / whl.name)
     shutil.copy(wheel, source / "wheels" / wheel.name)
-    ready = {"status": "ready", "bundles": [{"name": BUNDLE_NAME, "version": version}]}
-    (source / "www" / "readyz").write_text(json.dumps(ready))
+    shutil.copytree(model, source / "models" / MODEL_NAME)
     output = work / f"{BUNDLE_NAME}-{version}.bundle"
     pack_bundle(
         source,
@@ -87,6 +93,10 @@ def make_bundle(work: Path, version: str, wheel: Path) -> Path:
         name=BUNDLE_NAME,
         version=version,
         signers=[keyring.load_signer(paths())],
+        components=[
+            {"name": "wheels", "kind": "wheelhouse", "path": "wheels/"},
+            {"name": MODEL_NAME, "kind": "model", "path": f"models/{MODEL_NAME}/"},
+        ],
     )
     shutil.rmtree(source)
     return output

@@ -7,6 +7,7 @@ health check and is rolled back automatically, a manual rollback, and the node t
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,20 +32,15 @@ def site(tmp_path_factory: pytest.TempPathFactory, lab2: hosts.Lab) -> Iterator[
         root_pub = work / "home" / "keys" / "root.pub"
         assert run_cli("keys", "trust", "add", str(root_pub)).exit_code == 0
         wheel = nodebundle.pai_wheel(work / "wheel")
+        model = nodebundle.tiny_model(work / "model")
         inventory_dir = work / "inventory"
         inventory_dir.mkdir()
-        inventory = lab2.inventory(
-            inventory_dir / "hosts.ini",
-            extra=(
-                f"pai_test_serve='{nodebundle.SERVE_COMMAND}'\n"
-                "pai_serve_command='{{ pai_test_serve }}'\npai_health_retries=15"
-            ),
-        )
+        inventory = lab2.inventory(inventory_dir / "hosts.ini", extra="pai_health_retries=40")
         yield {
             "work": work,
             "inventory": inventory,
-            "v1": nodebundle.make_bundle(work, "0.1.0", wheel),
-            "v2": nodebundle.make_bundle(work, "0.2.0", wheel),
+            "v1": nodebundle.make_bundle(work, "0.1.0", wheel, model),
+            "v2": nodebundle.make_bundle(work, "0.2.0", wheel, model),
         }
 
 
@@ -62,15 +58,18 @@ def current(lab: hosts.Lab, host: hosts.Host) -> str:
     return out.stdout.strip().rsplit("/", 1)[1]
 
 
+def readyz(host: hosts.Host) -> dict[str, Any]:
+    """`pai serve`'s /readyz on the node, asked from the control node over the bridge."""
+    with urllib.request.urlopen(f"http://{host.address}:8400/readyz", timeout=10) as r:
+        body: dict[str, Any] = json.loads(r.read())
+    return body
+
+
 def served(lab: hosts.Lab, host: hosts.Host) -> list[str]:
-    """What the node's API answers, asked from the control node over the bridge."""
+    """The bundle versions the node's daemon serves."""
     out = lab.ssh(host, "true")  # the node is up
     assert out.returncode == 0
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://{host.address}:8400/readyz", timeout=10) as r:
-        body = json.loads(r.read())
-    return [b["version"] for b in body["bundles"]]
+    return [b["version"] for b in readyz(host)["bundles"]]
 
 
 def test_hosts_answer_ssh_and_have_no_route_beyond_the_bridge(lab2: hosts.Lab) -> None:
@@ -114,9 +113,14 @@ def test_install_two_hosts(site: dict[str, Any], lab2: hosts.Lab) -> None:
         assert row["health"] == "ok"
         assert row["gpu"] is False
         assert row["service"] == "supervisor"
+        # the real daemon embedded the health check's text with the bundle's model
+        assert row["smoke"] == f"{nodebundle.MODEL_NAME}@1.0.0 (32 dims)"
     for host in lab2.hosts:
         assert current(lab2, host) == "0.1.0"
         assert served(lab2, host) == ["0.1.0"]
+        assert readyz(host)["models"] == [f"{nodebundle.MODEL_NAME}@1.0.0"]
+        key = lab2.ssh(host, "stat -c '%a %U' /var/lib/pai/jwt/issuer/*.pem")
+        assert key.stdout.split() == ["600", "pai"], key.stdout + key.stderr
     assert Path(result.json()["steps"][0]["artifacts"], "stdout").exists()
 
 
@@ -156,7 +160,7 @@ def test_upgrade_rolls_back_a_batch_that_fails_its_health_check(
     (host_vars / "h2.yml").write_text(
         "# fault injected by the test: release 0.2.0 cannot start its service on h2\n"
         "pai_serve_command: \"{{ '/bin/false' if (pai_version | string) == '0.2.0' "
-        'else pai_test_serve }}"\n'
+        'else pai_serve_default_command }}"\n'
     )
     try:
         result = pai(
