@@ -69,6 +69,8 @@ def run(demo: Demo) -> None:
     demo.pai("bundle", "verify", str(bundle), home=site)
     demo.pai("bundle", "inspect", str(bundle), home=site)
     demo.pai("bundle", "inspect", "--sbom", str(bundle), home=site)
+    # Air-gapped site: provision a node over SSH with Ansible from the bundle (root only).
+    install_steps(demo, bundle)
     # Air-gapped site: serve the verified bundle, call it with a token, stop it.
     serve_steps(demo, bundle)
     # Disaster recovery: the operator's identity stays off the node; cron needs only the recipient.
@@ -83,6 +85,31 @@ def run(demo: Demo) -> None:
     demo.pai("audit", "verify", home=site)
     report = demo.workdir / "audit-report.html"
     demo.pai("audit", "export", "--format", "html", "-o", str(report), home=site)
+
+
+def install_steps(demo: Demo, bundle: Path) -> None:
+    """`pai install` and `pai verify-node` against one real SSH node made on this machine.
+
+    The node is a network namespace with its own sshd and a debootstrap'd Debian root (the
+    test suite's host helper, cached after the first run), reachable only over a bridge. It
+    needs root; without it the step says so and the demo goes on.
+    """
+    sys.path.insert(0, str(ROOT))
+    from tests.integration import hosts
+
+    try:
+        hosts.require_root_tools()
+    except hosts.LabError as exc:
+        print(f"\n(skipping `pai install` on a test node: {exc})")
+        return
+    print("\n\033[1m# making one SSH node (netns + sshd + Debian root) for `pai install`\033[0m")
+    with hosts.lab(1) as lab:
+        inventory = lab.inventory(demo.workdir / "hosts.ini")
+        demo.pai("install", str(bundle), "-i", str(inventory), home=demo.site_home)
+        demo.pai("verify-node", "-i", str(inventory), home=demo.site_home)
+        node = lab.hosts[0]
+        ready = lab.ssh(node, "curl -s http://127.0.0.1:8400/readyz")
+        print(f"node {node.name} ({node.address}) /readyz: {ready.stdout.strip()[:200]}")
 
 
 def serve_steps(demo: Demo, bundle: Path) -> None:
