@@ -7,7 +7,10 @@ baseline measured here too:
   (fast tokenizer, batches of 32 in input order, numpy mean pooling), pai's engine fp32 and
   int8. Targets: pai int8 ≥ 2.5x sentence-transformers and ≥ 0.95x raw onnxruntime int8;
 * int8 vs fp32: mean cosine (target ≥ 0.99) and recall@10 of int8 retrieval against fp32
-  retrieval (target ≥ 0.98);
+  retrieval (target ≥ 0.98), both for an index of int8 document vectors and for what
+  ``pai bundle build`` ships by default (documents embedded by the fp32 export, queries by
+  the int8 model), with the fp32 score gap between the 10th and 11th neighbours beside it
+  (the templated synthetic notes put many near-ties at the cut-off);
 * FAISS IVF and HNSW with the parameters ``pai bundle build`` tunes: recall@10 against exact
   search (target ≥ 0.95) and queries per second relative to exact (flat) search;
 * the demo bundle (examples/demo-bundle.toml, 2,000 documents): build time and size.
@@ -175,16 +178,22 @@ def quality(
     c = cos(v32, v8)
     truth = exact_neighbours(v32, q32, "ip", 10)
     found = exact_neighbours(v8, q8, "ip", 10)
+    shipped = exact_neighbours(v32, q8, "ip", 10)
+    top = -np.sort(-(q32 @ v32.T), axis=1)[:, :11]
+    gap = np.median(top[:, 9] - top[:, 10])
     table(
-        f"int8 vs fp32 quality, {len(docs)} documents",
+        f"int8 vs fp32 quality, {len(docs)} documents, {len(queries)} held-out queries",
         ["measure", "value", "target"],
         [
             ["mean cosine", f"{c.mean():.4f}", "≥ 0.99"],
             ["min cosine", f"{c.min():.4f}", "-"],
-            ["recall@10 (int8 retrieval vs fp32)", f"{recall(found, truth):.4f}", "≥ 0.98"],
+            ["recall@10, int8 documents + int8 queries", f"{recall(found, truth):.4f}", "≥ 0.98"],
+            ["recall@10, fp32 documents + int8 queries (built)", f"{recall(shipped, truth):.4f}",
+             "≥ 0.98"],
+            ["median fp32 score gap, 10th to 11th neighbour", f"{gap:.4f}", "-"],
         ],
-    )
-    return v8, q8
+    )  # fmt: skip
+    return v32, q8
 
 
 def faiss_bench(vectors: np.ndarray, queries: np.ndarray) -> None:

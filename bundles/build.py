@@ -82,6 +82,7 @@ def _meta_index(config: IndexConfig) -> dict[str, Any]:
         "model_version",
         "dimension",
         "metric",
+        "document_dtype",
         "type",
         "params",
         "count",
@@ -92,11 +93,19 @@ def _meta_index(config: IndexConfig) -> dict[str, Any]:
     return {k: config.raw.get(k) for k in keys}
 
 
-def stage_models(spec: BundleSpec, root: Path, step: Step) -> dict[str, dict[str, Any]]:
+def stage_models(
+    spec: BundleSpec, root: Path, references: Path, step: Step
+) -> dict[str, dict[str, Any]]:
+    """Build every model into the payload; quantized ones leave their fp32 export in
+    ``references/<name>`` (outside the payload) for indexes that embed documents at fp32."""
     docs: dict[str, dict[str, Any]] = {}
+    wanted = {
+        i.model for i in spec.indexes if i.prebuilt is None and i.document_precision == "fp32"
+    }
     for model in spec.models:
         step(f"model {model.name}: ONNX export, {model.dtype}, accuracy gate")
-        docs[model.name] = build_model(model, root / "models" / model.name)
+        reference = references / model.name if model.name in wanted else None
+        docs[model.name] = build_model(model, root / "models" / model.name, fp32_copy=reference)
     return docs
 
 
@@ -109,8 +118,14 @@ def _copy_prebuilt(index: IndexSpec, out: Path) -> None:
         shutil.copyfile(index.prebuilt / name, out / name)
 
 
-def stage_indexes(spec: BundleSpec, root: Path, step: Step) -> list[IndexConfig]:
-    engines: dict[str, EmbeddingEngine] = {}
+def _engine(folder: Path, cache: dict[Path, EmbeddingEngine]) -> EmbeddingEngine:
+    if folder not in cache:
+        cache[folder] = EmbeddingEngine.load(folder, providers=[CPU])
+    return cache[folder]
+
+
+def stage_indexes(spec: BundleSpec, root: Path, references: Path, step: Step) -> list[IndexConfig]:
+    engines: dict[Path, EmbeddingEngine] = {}
     configs: list[IndexConfig] = []
     for index in spec.indexes:
         out = root / "indexes" / index.name
@@ -118,12 +133,14 @@ def stage_indexes(spec: BundleSpec, root: Path, step: Step) -> list[IndexConfig]
             step(f"index {index.name}: prebuilt from {index.prebuilt}")
             _copy_prebuilt(index, out)
         else:
-            if index.model not in engines:
-                engines[index.model] = EmbeddingEngine.load(
-                    root / "models" / index.model, providers=[CPU]
-                )
-            step(f"index {index.name}: chunking, embedding with {index.model}, FAISS")
-            build_index(index, engines[index.model], out)
+            engine = _engine(root / "models" / index.model, engines)
+            reference = references / index.model
+            documents_engine = None
+            if index.document_precision == "fp32" and reference.is_dir():
+                documents_engine = _engine(reference, engines)
+            precision = documents_engine.config.dtype if documents_engine else engine.config.dtype
+            step(f"index {index.name}: chunking, embedding with {index.model} ({precision}), FAISS")
+            build_index(index, engine, out, documents_engine=documents_engine)
         configs.append(IndexConfig.read(out))
     return configs
 
@@ -257,8 +274,9 @@ def build_bundle(
     try:
         root = work / "payload"
         root.mkdir()
-        models = stage_models(spec, root, say)
-        indexes = stage_indexes(spec, root, say)
+        references = work / "references"
+        models = stage_models(spec, root, references, say)
+        indexes = stage_indexes(spec, root, references, say)
         check_indexes(root, indexes)
         wheel_count = stage_wheels(spec, root, created, say)
         stage_files(spec, root)

@@ -82,6 +82,13 @@ class IndexSpec:
     recall_target: Decimal = DEFAULT_RECALL_TARGET
     params: dict[str, int] = field(default_factory=dict)
     prebuilt: Path | None = None
+    #: "fp32": document vectors come from the model's fp32 export (queries stay on the
+    #: bundled, quantized model); "model": from the bundled model itself.
+    document_precision: str = "fp32"
+
+
+#: Values of ``document_precision`` in a spec.
+DOCUMENT_PRECISIONS = ("fp32", "model")
 
 
 @dataclass
@@ -369,8 +376,23 @@ def build_index(
     out: Path,
     *,
     progress: Progress | None = None,
+    documents_engine: EmbeddingEngine | None = None,
 ) -> dict[str, Any]:
-    """Build ``spec`` into the empty folder ``out``; returns the pai-index.json document."""
+    """Build ``spec`` into the empty folder ``out``; returns the pai-index.json document.
+
+    ``engine`` is the bundled model: it chunks the documents and names the index's model.
+    ``documents_engine``, when given, is that model's full-precision export and embeds the
+    chunks: the index is built once, at build time, so the documents may as well carry no
+    quantization noise; only the queries, embedded at serve time by ``engine``, do. On the
+    synthetic CRM set this lifts int8 recall@10 against fp32 from 0.89 to 0.93
+    (bench/embeddings.py).
+    """
+    embedder = documents_engine or engine
+    if embedder.dimension != engine.dimension:
+        raise IndexCompatibilityError(
+            f"index {spec.name}: the documents model makes {embedder.dimension}-dimensional "
+            f"vectors, {engine.name} makes {engine.dimension}"
+        )
     faiss = faiss_module()
 
     docs = read_documents(spec.documents)
@@ -381,7 +403,7 @@ def build_index(
     vectors = np.empty((len(texts), engine.dimension), dtype=np.float32)
     step = 256
     for start in range(0, len(texts), step):
-        vectors[start : start + step] = engine.embed(texts[start : start + step])
+        vectors[start : start + step] = embedder.embed(texts[start : start + step])
         if progress:
             progress(f"embedding {spec.name}", min(start + step, len(texts)), len(texts))
     metric = model_metric(engine.config)
@@ -403,6 +425,7 @@ def build_index(
         "model_version": engine.version,
         "dimension": engine.dimension,
         "metric": metric,
+        "document_dtype": embedder.config.dtype,
         "type": kind,
         "params": {**build_params, **search_params},
         "count": len(chunks),

@@ -422,8 +422,12 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
-def build_model(spec: ModelSpec, out: Path) -> dict[str, Any]:
+def build_model(spec: ModelSpec, out: Path, *, fp32_copy: Path | None = None) -> dict[str, Any]:
     """Build ``spec`` into the empty folder ``out``; returns the pai-model.json document.
+
+    ``fp32_copy``, when given and the model is quantized, receives the fp32 export the
+    accuracy gate compared against (a model folder of its own), for index builds that embed
+    documents at full precision; it is never part of the bundle.
 
     Raises NotFoundError, ModelBuildError or AccuracyGateError; ``out`` is left empty on error.
     """
@@ -458,6 +462,8 @@ def build_model(spec: ModelSpec, out: Path) -> dict[str, Any]:
         if (spec.source / "README.md").is_file():
             shutil.copyfile(spec.source / "README.md", out / "README.md")
         atomic_write_bytes(out / MODEL_CONFIG, canonical_bytes(doc))
+        if fp32_copy is not None and final_dir != fp32_dir:
+            shutil.copytree(fp32_dir, fp32_copy)
     return doc
 
 

@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from pai.bundles.indexes import DEFAULT_RECALL_TARGET, IndexSpec
+from pai.bundles.indexes import DEFAULT_RECALL_TARGET, DOCUMENT_PRECISIONS, IndexSpec
 from pai.bundles.manifest import check_name, parse_semver
 from pai.bundles.models import (
     CALIBRATION_TEXTS,
@@ -218,6 +218,7 @@ def _index(raw: Any, base: Path, index: int, models: set[str]) -> IndexSpec:
             "recall_target",
             "params",
             "prebuilt",
+            "document_precision",
         },
         where,
     )
@@ -235,6 +236,11 @@ def _index(raw: Any, base: Path, index: int, models: set[str]) -> IndexSpec:
     params = _table(raw, "params", where)
     _check_keys(params, {"m", "ef_construction", "ef_search", "nlist", "nprobe"}, f"{where}.params")
     kind = _str(raw, "type", where, "auto")
+    precision = _str(raw, "document_precision", where, "fp32")
+    if precision not in DOCUMENT_PRECISIONS:
+        raise SpecError(
+            f"{where}.document_precision must be one of {', '.join(DOCUMENT_PRECISIONS)}"
+        )
     return IndexSpec(
         name=name,
         model=model,
@@ -245,6 +251,7 @@ def _index(raw: Any, base: Path, index: int, models: set[str]) -> IndexSpec:
         recall_target=_fraction(raw, "recall_target", where, DEFAULT_RECALL_TARGET),
         params={k: _int(params, k, f"{where}.params", 0) for k in params},
         prebuilt=prebuilt,
+        document_precision=precision,
     )
 
 

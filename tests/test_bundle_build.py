@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 
@@ -74,7 +75,9 @@ def engine(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> EmbeddingE
     return EmbeddingEngine.load(out)
 
 
-def test_build_verify_inspect_search(cli, keys: Path, assets: Path, tmp_path: Path) -> None:
+def test_build_verify_inspect_search(
+    cli, keys: Path, assets: Path, tmp_path: Path, engine: EmbeddingEngine
+) -> None:
     spec = write_spec(tmp_path / "spec", assets)
     out = tmp_path / "crm-test.pai"
     built = cli("bundle", "build", str(spec), "-o", str(out), "--json")
@@ -94,6 +97,7 @@ def test_build_verify_inspect_search(cli, keys: Path, assets: Path, tmp_path: Pa
     index = next(c for c in manifest["components"] if c["kind"] == "index")["meta"]
     assert (index["model"], index["dimension"], index["metric"]) == ("tiny", 32, "ip")
     assert index["model_version"] == model["version"]
+    assert index["document_dtype"] == "fp32"
     assert "transformers" in manifest["build"]["tools"]
 
     sbom = cli("bundle", "inspect", str(out), "--sbom", "--json").json()
@@ -118,6 +122,35 @@ def test_build_verify_inspect_search(cli, keys: Path, assets: Path, tmp_path: Pa
     with pytest.raises(QueryError, match="plain metadata field"):
         search.search(query, 3, filters={"type') OR 1=1 --": "x"})
     assert search.search(query, 3, tenant="nobody") == [[]]
+
+    # The documents were embedded by the fp32 export, not by the int8 model that ships.
+    import faiss
+
+    stored = faiss.read_index(str(dest / "indexes" / "crm" / "index.faiss")).reconstruct(0)
+    chunks = dest / "indexes" / "crm" / "chunks.parquet"
+    [(first,)] = duckdb.sql(f"SELECT text FROM '{chunks}' WHERE vector_id = 0").fetchall()
+    assert np.allclose(stored, engine.embed([first])[0], atol=1e-5)
+    assert not np.allclose(stored, shipped.embed([first])[0], atol=1e-5)
+
+
+def test_documents_at_model_precision_when_asked(
+    cli, keys: Path, assets: Path, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path / "spec", assets)
+    spec.write_text(
+        spec.read_text().replace(
+            "chunk_overlap = 8", 'chunk_overlap = 8\ndocument_precision = "model"'
+        )
+    )
+    out = tmp_path / "crm-test.pai"
+    assert cli("bundle", "build", str(spec), "-o", str(out)).exit_code == 0
+    manifest = cli("bundle", "inspect", str(out), "--json").json()
+    index = next(c for c in manifest["components"] if c["kind"] == "index")["meta"]
+    assert index["document_dtype"] == "int8"
+    spec.write_text(spec.read_text().replace('"model"\n', '"int4"\n'))
+    bad = cli("bundle", "build", str(spec), "-o", str(tmp_path / "b"))
+    assert bad.exit_code == 2
+    assert "indexes[0].document_precision must be one of fp32, model" in bad.stderr
 
 
 def test_delta_carries_only_changed_files_and_rebuilds_identically(
