@@ -22,6 +22,7 @@ from pai.bundles.models import (
     DEFAULT_MIN_MEAN,
     DTYPES,
     ISAS,
+    QUANTIZATIONS,
     ModelSpec,
     resolve_source,
 )
@@ -159,13 +160,27 @@ def _model(raw: Any, base: Path, index: int) -> ModelSpec:
         raise SpecError(f"{where} must be a table")
     _check_keys(
         raw,
-        {"name", "source", "dtype", "isa", "max_length", "version", "license", "opset", "gate"},
+        {
+            "name",
+            "source",
+            "dtype",
+            "quantization",
+            "isa",
+            "max_length",
+            "version",
+            "license",
+            "opset",
+            "gate",
+        },
         where,
     )
     name = _slug(_str(raw, "name", where), where)
     dtype = _str(raw, "dtype", where, "int8")
     if dtype not in DTYPES:
         raise SpecError(f"{where}: dtype must be one of {', '.join(DTYPES)}")
+    quantization = _str(raw, "quantization", where, "per-token")
+    if quantization not in QUANTIZATIONS:
+        raise SpecError(f"{where}: quantization must be one of {', '.join(QUANTIZATIONS)}")
     isa = _str(raw, "isa", where, "auto")
     if isa not in ISAS:
         raise SpecError(f"{where}: isa must be one of {', '.join(ISAS)}")
@@ -190,6 +205,7 @@ def _model(raw: Any, base: Path, index: int) -> ModelSpec:
         name=name,
         source=resolve_source(_str(raw, "source", where), base),
         dtype=dtype,
+        quantization=quantization,
         isa=isa,
         max_length=_int(raw, "max_length", where, 0) if max_length is not None else None,
         version=raw.get("version") if isinstance(raw.get("version"), str) else None,

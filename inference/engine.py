@@ -344,17 +344,33 @@ class EmbeddingEngine:
             out[chunk] = self._run([ids[i] for i in chunk])
         return out
 
-    def _run(self, batch: list[list[int]]) -> Embeddings:
+    def feeds(self, texts: Sequence[str]) -> list[dict[str, npt.NDArray[np.int64]]]:
+        """The graph inputs the engine would feed for ``texts`` (batched by length, with
+        ``attention_mask`` always present): what int8 calibration runs the fp32 graph on."""
+        ids = self.tokenize(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        return [
+            self._feed([ids[i] for i in order[start : start + self.batch_size]])
+            for start in range(0, len(order), self.batch_size)
+        ]
+
+    def _feed(self, batch: list[list[int]]) -> dict[str, npt.NDArray[np.int64]]:
         width = max(len(ids) for ids in batch)
         input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
         for row, ids in enumerate(batch):
             input_ids[row, : len(ids)] = ids
             mask[row, : len(ids)] = 1
-        feed: dict[str, npt.NDArray[np.int64]] = {"input_ids": input_ids, "attention_mask": mask}
-        if "token_type_ids" in self._inputs:
-            feed["token_type_ids"] = np.zeros_like(input_ids)
-        feed = {k: v for k, v in feed.items() if k in self._inputs}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "token_type_ids": np.zeros_like(input_ids),
+        }
+
+    def _run(self, batch: list[list[int]]) -> Embeddings:
+        full = self._feed(batch)
+        mask = full["attention_mask"]
+        feed = {k: v for k, v in full.items() if k in self._inputs}
         hidden = np.asarray(self._session.run([self._output], feed)[0], dtype=np.float32)
         if hidden.ndim == 2:  # a graph that already pools
             pooled = hidden
