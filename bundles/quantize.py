@@ -67,7 +67,11 @@ def channel_maxima(
         real = feed["attention_mask"].astype(bool)
         outputs = session.run(list(inputs), {k: v for k, v in feed.items() if k in wanted})
         for name, value in zip(inputs, outputs, strict=True):
-            peak = np.abs(np.asarray(value)[real]).max(axis=0).astype(np.float32)
+            array = np.abs(np.asarray(value))
+            # (batch, tokens, channels) keeps only real tokens; a graph that flattened the
+            # batch before its MatMuls has padded tokens in its rows, which only widens maxima.
+            rows = array[real] if array.shape[:2] == real.shape else array
+            peak = rows.reshape(-1, array.shape[-1]).max(axis=0).astype(np.float32)
             maxima[name] = np.maximum(maxima[name], peak) if name in maxima else peak
     return maxima
 
