@@ -28,7 +28,8 @@ class ServeConfig:
     #: Batches of one model run at once, each on its own thread (0 = auto: 2 on a CPU with
     #: two or more cores, 1 on CUDA).
     inference_workers: int = 0
-    #: onnxruntime intra-op threads per batch (0 = auto: the cores divided among the workers).
+    #: onnxruntime intra-op threads of the model's session, shared by its workers (0 = auto:
+    #: cores - workers + 1, so the workers' own threads plus the pool make the cores).
     inference_threads: int = 0
     max_batch_tokens: int = 8192
     max_wait_ms: float = 2.0

@@ -224,14 +224,17 @@ def inference_parallelism(config: ServeConfig, cuda: bool) -> tuple[int, int]:
     On a CPU, two batches on single-threaded runs beat one batch on two intra-op threads:
     a run's parallel sections wait for their slowest thread, and on cores shared with the
     event loop and the audit writer one of them is often preempted (idle pool threads must
-    sleep, not spin, for the same reason). With ``threads = 0`` onnxruntime picks its own.
+    sleep, not spin, for the same reason). On CUDA one worker feeds the GPU; ``threads = 0``
+    lets onnxruntime pick its CPU threads there.
     """
     if cuda and not config.inference_workers:
         return 1, config.inference_threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = max(1, cores or 1)
     workers = config.inference_workers or (2 if cores >= 2 else 1)
-    threads = config.inference_threads or max(1, cores // workers)
+    # The workers share one session and so its intra-op pool (threads - 1 pool threads plus
+    # each caller): callers plus pool threads make the cores, 1 thread each on two cores.
+    threads = config.inference_threads or max(1, cores - workers + 1)
     return workers, threads
 
 
