@@ -11,7 +11,10 @@ the same machine). Prints one table of ratios:
 * embeddings throughput, 32 closed-loop clients, single sentences / batches of 16, as a ratio
   to the raw in-process engine (onnxruntime int8) embedding the same texts in batches of 64
   (base64 encoding and honouring retry-after-ms / Retry-After on 429, as the official openai
-  client does);
+  client does); for single sentences also the CPU time per text (daemon, all threads, from
+  /proc; load client, from rusage; raw engine, from process_time), which stays comparable
+  when other work shares the machine and wall-clock ratios do not, and for reference the raw
+  engine in the daemon's CPU layout (two threads on one single-threaded session);
 * p50/p99 latency at a fixed open-loop rate of half the single-sentence saturation;
 * server RSS;
 * search QPS over HTTP (32 clients) as a ratio to in-process SearchIndex.search;
