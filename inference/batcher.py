@@ -96,6 +96,10 @@ class _Request:
 
 BatchObserver = Callable[[int, int, float], None]
 
+#: The fewest texts a worker takes when it splits the queue with other free workers: below
+#: this, a run's fixed cost outweighs the parallelism.
+MIN_SPLIT = 8
+
 
 def _estimate(text: str, limit: int) -> int:
     """A padded-token estimate for batch sizing, made without tokenizing on the event loop."""
@@ -208,7 +212,7 @@ class Batcher:
                 if self._pending and len(running) < self.workers and (idle or running):
                     await self._fill()
                 continue
-            batch = self._take()
+            batch = self._take(self._share(self.workers - len(running)))
             if batch:
                 task = asyncio.get_running_loop().create_task(self._infer_guarded(batch))
                 running.add(task)
@@ -241,18 +245,26 @@ class Batcher:
             request = self._pending.popleft()
             self._queued -= len(request.texts) - request.scheduled
 
-    def _take(self) -> list[tuple[_Request, int, int]]:
+    def _share(self, free: int) -> int:
+        """How many texts one free worker takes: with other workers free too, its even share
+        of the queue (at least ``MIN_SPLIT``), so that a burst of requests keeps every worker
+        busy instead of one worker taking it all while the others idle."""
+        if free <= 1:
+            return self.max_batch
+        return min(self.max_batch, max(MIN_SPLIT, -(-self._queued // free)))
+
+    def _take(self, most: int) -> list[tuple[_Request, int, int]]:
         limit = self.engine.max_length
         batch: list[tuple[_Request, int, int]] = []
         count = longest = 0
-        while self._pending and count < self.max_batch:
+        while self._pending and count < most:
             request = self._pending[0]
             if request.future.done():
                 self._pending.popleft()
                 self._queued -= len(request.texts) - request.scheduled
                 continue
             start = end = request.scheduled
-            while end < len(request.texts) and count < self.max_batch:
+            while end < len(request.texts) and count < most:
                 estimate = max(longest, _estimate(request.texts[end], limit))
                 if count and estimate * (count + 1) > self.max_tokens:
                     break
