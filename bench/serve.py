@@ -11,7 +11,10 @@ the same machine). Prints one table of ratios:
 * embeddings throughput, 32 closed-loop clients, single sentences / batches of 16, as a ratio
   to the raw in-process engine (onnxruntime int8) embedding the same texts in batches of 64
   (base64 encoding and honouring retry-after-ms / Retry-After on 429, as the official openai
-  client does);
+  client does); for single sentences also the CPU time per text (daemon, all threads, from
+  /proc; load client, from rusage; raw engine, from process_time), which stays comparable
+  when other work shares the machine and wall-clock ratios do not, and for reference the raw
+  engine in the daemon's CPU layout (two threads on one single-threaded session);
 * p50/p99 latency at a fixed open-loop rate of half the single-sentence saturation;
 * server RSS;
 * search QPS over HTTP (32 clients) as a ratio to in-process SearchIndex.search;
@@ -147,6 +150,10 @@ def client_main(spec_file: str) -> None:
 
 
 def run_client(port: int, token: str, path: str, bodies: list[str], **spec: Any) -> dict:
+    """Run one load phase in a child process; adds the child's CPU seconds as ``cpu``."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump({"port": port, "token": token, "path": path, "bodies": bodies, **spec}, handle)
     try:
@@ -158,7 +165,10 @@ def run_client(port: int, token: str, path: str, bodies: list[str], **spec: Any)
         )
     finally:
         os.unlink(handle.name)
-    return json.loads(out.stdout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result: dict[str, Any] = json.loads(out.stdout)
+    result["cpu"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return result
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -210,19 +220,40 @@ def sentences(docs: list[dict[str, Any]]) -> list[str]:
 # ----------------------------------------------------------------------------- baselines
 
 
-def raw_embed_rate(model_dir: Path, texts: list[str], seconds: float, batch: int) -> float:
+def raw_embed_rate(
+    model_dir: Path, texts: list[str], seconds: float, batch: int, *, workers: int = 0
+) -> tuple[float, float]:
+    """Texts/s and CPU seconds per text of the engine alone, in this process.
+
+    ``workers = 0`` is the baseline: one engine with onnxruntime's default threads (one per
+    core, spinning) embedding batches of ``batch``. ``workers = N`` runs N threads on one
+    single-threaded session, the layout the daemon uses on a CPU: shown for reference, so a
+    reader can see how much of the ratio is that layout rather than the serving.
+    """
+    import threading
+
     from pai.inference.engine import EmbeddingEngine
 
-    engine = EmbeddingEngine.load(model_dir)
+    engine = EmbeddingEngine.load(model_dir, threads=1 if workers else 0)
     engine.embed(texts[:batch])
-    done, i, stop = 0, 0, time.monotonic() + seconds
-    began = time.monotonic()
-    while time.monotonic() < stop:
-        chunk = [texts[(i + j) % len(texts)] for j in range(batch)]
-        engine.embed(chunk)
-        done += batch
-        i += batch
-    return done / (time.monotonic() - began)
+    done = [0] * max(1, workers)
+    stop = time.monotonic() + seconds
+
+    def loop(slot: int) -> None:
+        i = slot * len(texts) // len(done)
+        while time.monotonic() < stop:
+            engine.embed([texts[(i + j) % len(texts)] for j in range(batch)])
+            done[slot] += batch
+            i += batch
+
+    began, cpu = time.monotonic(), time.process_time()
+    threads = [threading.Thread(target=loop, args=(n,)) for n in range(len(done))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    total = sum(done)
+    return total / (time.monotonic() - began), (time.process_time() - cpu) / total
 
 
 def raw_search_rate(index_dir: Path, vectors: Any, tenants: list[str], seconds: float) -> float:
@@ -267,6 +298,11 @@ class Daemon:
         if not line:
             raise SystemExit(f"pai serve did not start; see {home / 'serve.log'}")
         self.port = int(json.loads(line)["port"])
+
+    def cpu_seconds(self) -> float:
+        """CPU time the daemon has used so far, all threads."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_mib(self) -> tuple[float, float]:
         fields = {}
@@ -342,10 +378,11 @@ def main() -> None:
     daemon = Daemon(home, bundle, config)
     try:
         print("HTTP single sentences ...", flush=True)
-        raw_rate = raw_embed_rate(model_dir, texts, base_secs, 64)
+        raw_rate, raw_cpu = raw_embed_rate(model_dir, texts, base_secs, 64)
         single = [
             json.dumps({"model": "minilm", "input": t, "encoding_format": "base64"}) for t in texts
         ]
+        server_cpu = daemon.cpu_seconds()
         r1 = run_client(
             daemon.port,
             token,
@@ -355,7 +392,9 @@ def main() -> None:
             seconds=secs,
             clients=CLIENTS,
         )
-        rate1 = r1["statuses"].get("200", 0) / r1["elapsed"]
+        server_cpu = daemon.cpu_seconds() - server_cpu
+        ok1 = max(1, r1["statuses"].get("200", 0))
+        rate1 = ok1 / r1["elapsed"]
         rows.append(
             (
                 "embeddings, 32 clients, 1 sentence/request",
@@ -363,8 +402,25 @@ def main() -> None:
                 f"{rate1 / raw_rate:.2f}x raw int8 ({raw_rate:.0f} texts/s); {_codes(r1)}",
             )
         )
+        rows.append(
+            (
+                "  CPU per text, 1 sentence/request",
+                f"{(server_cpu + r1['cpu']) / ok1 * 1e3:.2f} ms",
+                f"server {server_cpu / ok1 * 1e3:.2f} + load client {r1['cpu'] / ok1 * 1e3:.2f}"
+                f" ms; raw int8 {raw_cpu * 1e3:.2f} ms",
+            )
+        )
+        raw_w, raw_w_cpu = raw_embed_rate(model_dir, texts, base_secs, 64, workers=2)
+        rows.append(
+            (
+                "  reference: raw int8, 2 single-thread workers",
+                f"{raw_w:.0f} texts/s",
+                f"the daemon's CPU layout; 1 sentence/request is {rate1 / raw_w:.2f}x this"
+                f" ({raw_w_cpu * 1e3:.2f} ms CPU/text)",
+            )
+        )
         print("HTTP batches of 16 ...", flush=True)
-        raw_rate16 = raw_embed_rate(model_dir, texts, base_secs, 64)
+        raw_rate16, _ = raw_embed_rate(model_dir, texts, base_secs, 64)
         batches = [
             json.dumps({"model": "minilm", "input": texts[i : i + 16], "encoding_format": "base64"})
             for i in range(0, len(texts) - 16, 16)

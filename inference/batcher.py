@@ -96,6 +96,10 @@ class _Request:
 
 BatchObserver = Callable[[int, int, float], None]
 
+#: The fewest texts a worker takes when it splits the queue with other free workers: below
+#: this, a run's fixed cost outweighs the parallelism.
+MIN_SPLIT = 8
+
 
 def _estimate(text: str, limit: int) -> int:
     """A padded-token estimate for batch sizing, made without tokenizing on the event loop."""
@@ -115,15 +119,17 @@ class Batcher:
         max_queue: int,
         max_delay: float = 1.0,
         observe: BatchObserver | None = None,
+        workers: int = 1,
     ) -> None:
         self.engine = engine
+        self.workers = max(1, workers)
         self.max_batch = max(1, max_batch)
         self.max_tokens = max(1, max_tokens)
         self.max_wait = max_wait
         self.max_queue = max(1, max_queue)
         self.max_delay = max_delay
         self.observe = observe
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{engine.name}")
+        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix=f"infer-{engine.name}")
         self._pending: deque[_Request] = deque()
         self._queued = 0
         self._wakeup = asyncio.Event()
@@ -146,7 +152,7 @@ class Batcher:
             raise Draining()
         if self._queued:
             backlog = self._queued + len(texts)
-            wait = backlog * self._seconds_per_text
+            wait = backlog * self._seconds_per_text / self.workers
             # A backlog that cannot fill one batch is never refused: the model must stay busy.
             too_slow = self.max_delay > 0 and wait > self.max_delay and backlog > self.max_batch
             if backlog > self.max_queue or too_slow:
@@ -181,26 +187,47 @@ class Batcher:
         self.executor.shutdown(wait=True)
 
     async def _run(self) -> None:
+        running: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            self._wakeup.set()
+
         while True:
             self._drop_abandoned()
-            if not self._pending:
-                if self._closing:
-                    return
+            if not self._pending or len(running) >= self.workers:
+                if not self._pending and self._closing:
+                    if running:
+                        await asyncio.wait(running)
+                    if not self._pending:
+                        return
+                    continue
+                idle = not running
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                await self._fill()
+                # Give the batch ``max_wait`` to fill when the model was idle, and when a free
+                # worker would start while another still runs (it would otherwise take the
+                # first request to arrive alone, and one run per text costs twice the
+                # compute). A lone worker that just finished takes the pile-up at once.
+                if self._pending and len(running) < self.workers and (idle or running):
+                    await self._fill()
                 continue
-            batch = self._take()
+            batch = self._take(self._share(self.workers - len(running)))
             if batch:
-                try:
-                    await self._infer(batch)
-                except Exception as exc:  # never let one bad batch stop the collector
-                    for request, _, _ in batch:
-                        if not request.future.done():
-                            request.future.set_exception(exc)
+                task = asyncio.get_running_loop().create_task(self._infer_guarded(batch))
+                running.add(task)
+                task.add_done_callback(finished)
+
+    async def _infer_guarded(self, batch: list[tuple[_Request, int, int]]) -> None:
+        try:
+            await self._infer(batch)
+        except Exception as exc:  # never let one bad batch stop the collector
+            for request, _, _ in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
 
     async def _fill(self) -> None:
-        """After an idle spell, give a lone request ``max_wait`` to find company."""
+        """Give a batch ``max_wait`` to find company (see :meth:`_run` for when)."""
         deadline = time.monotonic() + self.max_wait
         while self._queued < self.max_batch and not self._closing:
             left = deadline - time.monotonic()
@@ -218,18 +245,26 @@ class Batcher:
             request = self._pending.popleft()
             self._queued -= len(request.texts) - request.scheduled
 
-    def _take(self) -> list[tuple[_Request, int, int]]:
+    def _share(self, free: int) -> int:
+        """How many texts one free worker takes: with other workers free too, its even share
+        of the queue (at least ``MIN_SPLIT``), so that a burst of requests keeps every worker
+        busy instead of one worker taking it all while the others idle."""
+        if free <= 1:
+            return self.max_batch
+        return min(self.max_batch, max(MIN_SPLIT, -(-self._queued // free)))
+
+    def _take(self, most: int) -> list[tuple[_Request, int, int]]:
         limit = self.engine.max_length
         batch: list[tuple[_Request, int, int]] = []
         count = longest = 0
-        while self._pending and count < self.max_batch:
+        while self._pending and count < most:
             request = self._pending[0]
             if request.future.done():
                 self._pending.popleft()
                 self._queued -= len(request.texts) - request.scheduled
                 continue
             start = end = request.scheduled
-            while end < len(request.texts) and count < self.max_batch:
+            while end < len(request.texts) and count < most:
                 estimate = max(longest, _estimate(request.texts[end], limit))
                 if count and estimate * (count + 1) > self.max_tokens:
                     break

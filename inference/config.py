@@ -25,6 +25,12 @@ class ServeConfig:
     #: ``auto`` uses CUDA (onnxruntime and FAISS) when present, ``cpu`` never does.
     device: str = "auto"
     max_batch_size: int = 64
+    #: Batches of one model run at once, each on its own thread (0 = auto: 2 on a CPU with
+    #: two or more cores, 1 on CUDA).
+    inference_workers: int = 0
+    #: onnxruntime intra-op threads of the model's session, shared by its workers (0 = auto:
+    #: cores - workers + 1, so the workers' own threads plus the pool make the cores).
+    inference_threads: int = 0
     max_batch_tokens: int = 8192
     max_wait_ms: float = 2.0
     #: Texts waiting per model before new requests get 429.
@@ -52,7 +58,16 @@ class ServeConfig:
         return replace(self, **given)
 
 
-_INTS = {"port", "max_batch_size", "max_batch_tokens", "max_queue", "cache_entries", "max_inputs"}
+_INTS = {
+    "port",
+    "max_batch_size",
+    "max_batch_tokens",
+    "max_queue",
+    "cache_entries",
+    "max_inputs",
+    "inference_workers",
+    "inference_threads",
+}
 _FLOATS = {
     "max_wait_ms",
     "max_queue_delay_ms",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,10 +185,16 @@ Loaded = tuple[
 
 def load_components(p: Paths, config: ServeConfig, sources: list[str]) -> Loaded:
     """Blocking: load every engine and index named by ``sources`` (run off the loop)."""
-    from pai.inference.engine import EmbeddingEngine
+    from pai.inference.engine import CUDA, EmbeddingEngine, default_providers
     from pai.inference.index import SearchIndex
 
     providers = cuda_providers(config.device)
+    # The Rust tokenizer splits encode_batch over a rayon pool whose idle workers spin in
+    # sched_yield after every call: for a daemon batch of a few dozen short texts that spin
+    # cost ~90 us of CPU per text (measured with py-spy/gdb under bench/serve.py), more than
+    # the tokenizing itself, taken from the cores onnxruntime and the event loop need.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _, threads = inference_parallelism(config, CUDA in (providers or default_providers()))
     engines: list[tuple[Embedder, str]] = []
     indexes: list[tuple[str, Any, str | None, str]] = []
     infos: list[dict[str, Any]] = []
@@ -195,7 +202,9 @@ def load_components(p: Paths, config: ServeConfig, sources: list[str]) -> Loaded
         resolved = resolve_source(p, source)
         infos.append(resolved.info)
         for model_dir in resolved.models:
-            engine = EmbeddingEngine.load(model_dir, providers=providers, spinning=False)
+            engine = EmbeddingEngine.load(
+                model_dir, providers=providers, spinning=False, threads=threads
+            )
             engines.append((engine, resolved.label))
         for name, index_dir, model in resolved.indexes:
             # GPU FAISS when present (device auto/cuda); filtered searches stay on the CPU copy.
@@ -207,6 +216,26 @@ def load_components(p: Paths, config: ServeConfig, sources: list[str]) -> Loaded
         if declared is None:
             _check_compatible(index, [engine for engine, _ in engines])
     return engines, indexes, infos
+
+
+def inference_parallelism(config: ServeConfig, cuda: bool) -> tuple[int, int]:
+    """(batches run at once, onnxruntime threads per batch) for each model.
+
+    On a CPU, two batches on single-threaded runs beat one batch on two intra-op threads:
+    a run's parallel sections wait for their slowest thread, and on cores shared with the
+    event loop and the audit writer one of them is often preempted (idle pool threads must
+    sleep, not spin, for the same reason). On CUDA one worker feeds the GPU; ``threads = 0``
+    lets onnxruntime pick its CPU threads there.
+    """
+    if cuda and not config.inference_workers:
+        return 1, config.inference_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = max(1, cores or 1)
+    workers = config.inference_workers or (2 if cores >= 2 else 1)
+    # The workers share one session and so its intra-op pool (threads - 1 pool threads plus
+    # each caller): callers plus pool threads make the cores, 1 thread each on two cores.
+    threads = config.inference_threads or max(1, cores - workers + 1)
+    return workers, threads
 
 
 def _check_compatible(index: Any, engines: list[Embedder]) -> None:
@@ -242,8 +271,10 @@ def assemble(
     gen = Generation(number, bundles=infos)
     for engine, label in engines:
         model_id = f"{engine.name}@{engine.version}"
+        on_cuda = "CUDAExecutionProvider" in getattr(engine, "providers", [])
         batcher = Batcher(
             engine,
+            workers=inference_parallelism(config, on_cuda)[0],
             max_batch=config.max_batch_size,
             max_tokens=config.max_batch_tokens,
             max_wait=config.max_wait_ms / 1000.0,

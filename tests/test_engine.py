@@ -14,6 +14,7 @@ from pai.inference.engine import (
     InputTooLongError,
     InvalidTokensError,
     ProviderError,
+    plan_runs,
 )
 from tests.helpers.tiny_model import make_tiny_model
 
@@ -80,6 +81,19 @@ def test_batching_by_length_keeps_input_order(tiny: tuple[Path, Path]) -> None:
     together = engine.embed(TEXTS)
     alone = np.vstack([engine.embed([t]) for t in TEXTS])
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_runs_are_cut_where_padding_costs_more_than_a_run() -> None:
+    # Equal lengths: full runs, never more runs than needed.
+    assert plan_runs([20] * 64, 32, 16) == [32, 64]
+    # Short texts next to long ones: the short ones get their own run.
+    assert plan_runs([5, 5, 5, 5, 60, 60], 32, 16) == [4, 6]
+    # A cut that saves less padding than a run costs is not made.
+    assert plan_runs([10, 10, 11, 11], 32, 16) == [4]
+    assert plan_runs([], 32, 16) == []
+    # Never more than max_size inputs per run, whatever the run cost.
+    ends = plan_runs(list(range(1, 101)), 8, 1 << 20)
+    assert max(b - a for a, b in zip([0, *ends], ends, strict=False)) <= 8 and ends[-1] == 100
 
 
 def test_truncation_and_too_long_inputs(tiny: tuple[Path, Path]) -> None:

@@ -666,3 +666,66 @@ def test_index_built_with_another_model_version_is_refused_at_start(
     refused = cli("serve", "--bundle", str(mixed))
     assert refused.exit_code == 1
     assert "was built with tiny version 1.0.0" in refused.stderr
+
+
+class _SlowEngine:
+    """Records how many batches run at once; each text's vector is its own number."""
+
+    name, version, dimension, max_length = "slow", "1", 2, 64
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+
+    def embed(self, texts: list[str], *, truncate: bool = True) -> np.ndarray:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.02)
+        with self.lock:
+            self.running -= 1
+        return np.array([[float(t), 0.0] for t in texts], dtype=np.float32)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [3] * len(texts)
+
+    def embed_tokens(self, token_ids: Any, *, truncate: bool = True) -> np.ndarray:
+        raise AssertionError("not used")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batcher_workers_run_batches_at_once_and_answer_everyone(workers: int) -> None:
+    import asyncio
+
+    from pai.inference.batcher import Batcher
+
+    engine = _SlowEngine()
+    sizes: list[int] = []
+
+    async def main() -> list[float]:
+        batcher = Batcher(
+            engine,
+            max_batch=8,
+            max_tokens=8192,
+            max_wait=0.002,
+            max_queue=1000,
+            workers=workers,
+            observe=lambda n, _t, _s: sizes.append(n),
+        )
+        batcher.start()
+
+        async def client(k: int) -> list[float]:
+            got = []
+            for i in range(5):
+                result = await batcher.embed([str(k * 100 + i)], truncate=False)
+                got.append(float(result.vectors[0][0]))
+            return got
+
+        answers = await asyncio.gather(*(client(k) for k in range(24)))
+        await batcher.close()
+        return [x for a in answers for x in a]
+
+    values = asyncio.run(main())
+    assert sorted(values) == sorted(float(k * 100 + i) for k in range(24) for i in range(5))
+    assert sum(sizes) == 120 and max(sizes) <= 8
+    assert engine.most == workers
