@@ -505,13 +505,17 @@ def _convert_with_gate(
             isa = detect_isa() if spec.isa == "auto" else spec.isa
             exclude = ladder_exclusions(fp32_dir / MODEL_FILE, patterns)
             if spec.quantization == "per-token":
-                quantization = quantize_per_token(
-                    fp32_dir / MODEL_FILE,
-                    final_dir / MODEL_FILE,
-                    reference.feeds(spec.calibration),
-                    isa=isa,
-                    keep_fp32=exclude,
-                )
+                feeds = reference.feeds(spec.calibration)
+                try:
+                    quantization = quantize_per_token(
+                        fp32_dir / MODEL_FILE,
+                        final_dir / MODEL_FILE,
+                        feeds,
+                        isa=isa,
+                        keep_fp32=exclude,
+                    )
+                except Exception as exc:  # onnx's checker and onnxruntime raise bare Exceptions
+                    raise ModelBuildError(f"int8 (per-token) quantization failed: {exc}") from None
             else:
                 quantization = quantize_int8(fp32_dir, final_dir, isa, exclude)
             quantization["ladder_step"] = step

@@ -39,7 +39,12 @@ _PREFIX = "pai_pt"
 
 
 def _weight_matmuls(graph: Any, keep: Collection[str]) -> list[Any]:
-    weights = {i.name for i in graph.initializer}
+    """MatMuls whose second input is a 2-D fp32 weight matrix: the ones worth quantizing."""
+    from onnx import TensorProto
+
+    weights = {
+        i.name for i in graph.initializer if len(i.dims) == 2 and i.data_type == TensorProto.FLOAT
+    }
     return [
         n
         for n in graph.node
