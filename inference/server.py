@@ -22,7 +22,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import uvicorn
 
@@ -82,6 +82,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _open_access_log(path: str) -> IO[str]:
+    try:
+        return open(path, "a")  # closed by the caller's exit stack
+    except OSError as exc:
+        raise UsageError(f"cannot open the access log {path}: {exc.strerror}") from None
+
+
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM after a graceful shutdown (killing the process with -15);
     a drained daemon exits 0 instead, after its last words."""
@@ -113,51 +120,59 @@ def serve(p: Paths, config: ServeConfig, *, json_lines: bool = False) -> None:
     if not config.bundles:
         raise UsageError("nothing to serve", hint="pass --bundle PATH or set [serve] bundles")
     with hold_pid_file(p):
-        sock = bind(config.host, config.port)
-        host, port = sock.getsockname()[:2]
-        log = sys.stderr if config.access_log == "-" else open(config.access_log, "a")  # noqa: SIM115
-        daemon = Daemon(p, config, log=log)
-        daemon.preloaded = load_components(p, config, list(config.bundles))
-        check_aliases(config, daemon.preloaded)
-        server = _Server(
-            uvicorn.Config(
-                build_app(daemon),
-                log_level="warning",
-                access_log=False,
-                lifespan="on",
-                loop=_loop(),
-                http="httptools",
-                timeout_graceful_shutdown=int(config.drain_timeout_s) or None,
-                timeout_keep_alive=30,
-                backlog=2048,
-            )
-        )
-
-        def ready() -> None:
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_sighup(daemon)))
-            _write_state(p, daemon, host, port)
-            daemon.after_reload = lambda: _write_state(p, daemon, host, port)
-            event = {"event": "ready", "host": host, "port": port, "pid": os.getpid()}
-            gen = daemon.generation
-            models = ", ".join(sorted(gen.models)) if gen else ""
-            _say(
-                json_lines,
-                event,
-                f"pai serve: ready on http://{host}:{port} (pid {os.getpid()}); models {models}",
-            )
-
-        daemon.on_ready = ready
-        try:
-            server.run(sockets=[sock])
-        finally:
-            sock.close()
-            state_file(p).unlink(missing_ok=True)
-            if log is not sys.stderr:
-                log.close()
+        # Bound before the (slow) model load so that a taken port fails at once; closed on
+        # every way out, a refused bundle included.
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(bind(config.host, config.port))
+            stack.callback(state_file(p).unlink, missing_ok=True)
+            log = sys.stderr
+            if config.access_log != "-":
+                log = stack.enter_context(_open_access_log(config.access_log))
+            daemon = _run(p, config, sock, log, json_lines)
         if not daemon.ready and daemon.generation is None:
             raise StateError("the daemon failed to start; see the lines above")
         _say(json_lines, {"event": "stopped", "pid": os.getpid()}, "pai serve: drained and stopped")
+
+
+def _run(
+    p: Paths, config: ServeConfig, sock: socket.socket, log: IO[str], json_lines: bool
+) -> Daemon:
+    """Load the bundles, then serve on ``sock`` until a signal; returns the stopped daemon."""
+    host, port = sock.getsockname()[:2]
+    daemon = Daemon(p, config, log=log)
+    daemon.preloaded = load_components(p, config, list(config.bundles))
+    check_aliases(config, daemon.preloaded)
+    server = _Server(
+        uvicorn.Config(
+            build_app(daemon),
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            loop=_loop(),
+            http="httptools",
+            timeout_graceful_shutdown=int(config.drain_timeout_s) or None,
+            timeout_keep_alive=30,
+            backlog=2048,
+        )
+    )
+
+    def ready() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_sighup(daemon)))
+        _write_state(p, daemon, host, port)
+        daemon.after_reload = lambda: _write_state(p, daemon, host, port)
+        event = {"event": "ready", "host": host, "port": port, "pid": os.getpid()}
+        gen = daemon.generation
+        models = ", ".join(sorted(gen.models)) if gen else ""
+        _say(
+            json_lines,
+            event,
+            f"pai serve: ready on http://{host}:{port} (pid {os.getpid()}); models {models}",
+        )
+
+    daemon.on_ready = ready
+    server.run(sockets=[sock])
+    return daemon
 
 
 def _say(json_lines: bool, event: dict[str, Any], text: str) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -640,7 +641,14 @@ def test_serve_refuses_bad_input_with_one_line(cli, pai_home: Path, tmp_path: Pa
     config.write_text('[serve]\ndevice = "tpu"\n')
     device = cli("serve", "--config", str(config), "--bundle", str(empty))
     assert device.exit_code == 2 and "device must be auto, cpu or cuda" in device.stderr
-    assert "Traceback" not in missing.output + typo.output + device.output
+    config.write_text(f'[serve]\naccess_log = "{tmp_path / "no" / "such" / "access.log"}"\n')
+    log = cli("serve", "--config", str(config), "--bundle", str(empty))
+    assert log.exit_code == 2 and "cannot open the access log" in log.stderr
+    assert "Traceback" not in missing.output + typo.output + device.output + log.output
+    # Every refusal above bound the default port first: none may keep it.
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", 8900))
 
 
 def test_device_cuda_without_a_gpu_is_refused_and_doctor_says_why(
