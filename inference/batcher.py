@@ -43,9 +43,7 @@ class Embedder(Protocol):
     @property
     def max_length(self) -> int: ...
 
-    def embed(self, texts: Sequence[str], *, truncate: bool = True) -> Any: ...
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+    def embed_counted(self, texts: Sequence[str]) -> tuple[Any, list[int]]: ...
 
     def embed_tokens(self, token_ids: Sequence[Sequence[int]], *, truncate: bool = True) -> Any: ...
 
@@ -314,9 +312,9 @@ class Batcher:
 
     def _compute(self, texts: list[str], truncate: Sequence[bool]) -> tuple[np.ndarray, list[int]]:
         """On the inference thread: count tokens, refuse over-long strict inputs, embed."""
-        counts = [int(c) for c in self.engine.count_tokens(texts)]
+        vectors, counts = self.engine.embed_counted(texts)
+        counts = [int(c) for c in counts]
         limit = self.engine.max_length
-        vectors = self.engine.embed(texts, truncate=True)
         for i, (count, flag) in enumerate(zip(counts, truncate, strict=True)):
             if count > limit and not flag:
                 counts[i] = -count

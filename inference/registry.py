@@ -331,4 +331,4 @@ async def start(gen: Generation) -> None:
     for index in gen.indexes.values():
         index.batcher.start()
     for slot in gen.models.values():
-        await slot.batcher.run(slot.engine.embed, ["warm up"])
+        await slot.batcher.run(slot.engine.embed_counted, ["warm up"])

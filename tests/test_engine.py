@@ -105,6 +105,19 @@ def test_truncation_and_too_long_inputs(tiny: tuple[Path, Path]) -> None:
         engine.embed(["short", long_text], truncate=False)
 
 
+def test_embed_counted_matches_embed_and_counts_before_truncation(
+    tiny: tuple[Path, Path],
+) -> None:
+    engine = EmbeddingEngine.load(tiny[1])
+    long_text = " ".join(["renewal quote invoice"] * 60)
+    texts = [*TEXTS, long_text]
+    vectors, counts = engine.embed_counted(texts)
+    np.testing.assert_allclose(vectors, engine.embed(texts), atol=1e-6)
+    assert counts == engine.count_tokens(texts)
+    assert counts[-1] > engine.max_length
+    assert engine.embed_counted([])[1] == []
+
+
 def test_token_arrays_match_text(tiny: tuple[Path, Path]) -> None:
     engine = EmbeddingEngine.load(tiny[1])
     ids = [engine.encode(t) for t in TEXTS[:3]]

@@ -685,17 +685,14 @@ class _SlowEngine:
         self.lock = threading.Lock()
         self.running = self.most = 0
 
-    def embed(self, texts: list[str], *, truncate: bool = True) -> np.ndarray:
+    def embed_counted(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
         with self.lock:
             self.running += 1
             self.most = max(self.most, self.running)
         time.sleep(0.02)
         with self.lock:
             self.running -= 1
-        return np.array([[float(t), 0.0] for t in texts], dtype=np.float32)
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [3] * len(texts)
+        return np.array([[float(t), 0.0] for t in texts], dtype=np.float32), [3] * len(texts)
 
     def embed_tokens(self, token_ids: Any, *, truncate: bool = True) -> np.ndarray:
         raise AssertionError("not used")
