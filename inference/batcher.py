@@ -2,11 +2,12 @@
 
 Requests append their texts to one queue per model. A collector task on the event loop takes
 texts from the head of the queue until the batch holds ``max_batch`` texts or its padded token
-estimate reaches ``max_tokens``, waiting at most ``max_wait`` for a batch to fill when the
-model was idle, and runs the batch on the model's own inference thread (onnxruntime releases
-the GIL, so the loop keeps parsing HTTP meanwhile). While a batch runs, new requests pile up
-and form the next batch: under load batches grow by themselves, and when idle a lone request
-waits at most ``max_wait``.
+estimate reaches ``max_tokens``, and runs the batch on the model's own inference thread
+(onnxruntime releases the GIL, so the loop keeps parsing HTTP meanwhile). While a batch runs,
+new requests pile up and form the next batch: under load batches grow by themselves. A free
+worker woken by a new request waits at most ``max_wait`` for company, and less once as many
+texts are queued as were answered since the last batch started (their callers are the likely
+next senders), so a lone sequential client does not pay ``max_wait`` per request.
 
 The queue is bounded twice: in texts (``max_queue``) and in expected waiting time (the backlog
 times the measured seconds per text must stay under ``max_delay``), so under overload the
@@ -135,6 +136,8 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._seconds_per_text = 0.001
         self._learned = False
+        #: Texts answered since the last batch was taken (see :meth:`_fill_target`).
+        self._answered = 0
 
     @property
     def queued(self) -> int:
@@ -200,17 +203,17 @@ class Batcher:
                     if not self._pending:
                         return
                     continue
-                idle = not running
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                # Give the batch ``max_wait`` to fill when the model was idle, and when a free
-                # worker would start while another still runs (it would otherwise take the
-                # first request to arrive alone, and one run per text costs twice the
-                # compute). A lone worker that just finished takes the pile-up at once.
-                if self._pending and len(running) < self.workers and (idle or running):
-                    await self._fill()
+                # A free worker woken by a new request gives its batch up to ``max_wait`` to
+                # fill (it would otherwise take the first request to arrive alone, and one run
+                # per text costs twice the compute). A lone worker that just finished takes
+                # the pile-up at once, without getting here.
+                if self._pending and len(running) < self.workers:
+                    await self._fill(self._fill_target())
                 continue
             batch = self._take(self._share(self.workers - len(running)))
+            self._answered = 0
             if batch:
                 task = asyncio.get_running_loop().create_task(self._infer_guarded(batch))
                 running.add(task)
@@ -224,10 +227,22 @@ class Batcher:
                 if not request.future.done():
                     request.future.set_exception(exc)
 
-    async def _fill(self) -> None:
-        """Give a batch ``max_wait`` to find company (see :meth:`_run` for when)."""
+    def _fill_target(self) -> int:
+        """How many queued texts end the wait for a batch to fill.
+
+        The texts answered since the last batch was taken: their callers are the ones most
+        likely to send next (closed-loop clients send their next request when answered), so
+        once that many are queued, waiting longer only idles a core. With nothing answered
+        yet (a burst after a quiet spell) a full batch.
+        """
+        if self._answered <= 0:
+            return self.max_batch
+        return min(self.max_batch, self._answered)
+
+    async def _fill(self, target: int) -> None:
+        """Give a batch ``max_wait`` to gather ``target`` texts (see :meth:`_run` for when)."""
         deadline = time.monotonic() + self.max_wait
-        while self._queued < self.max_batch and not self._closing:
+        while self._queued < target and not self._closing:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -298,6 +313,7 @@ class Batcher:
         for request, s, e in batch:
             self._deliver(request, s, e, vectors, counts, offset)
             offset += e - s
+        self._answered += len(texts)
         if self.observe is not None:
             self.observe(len(texts), sum(abs(c) for c in counts), elapsed)
 
