@@ -75,7 +75,9 @@ class Daemon:
         self.cache = EmbeddingCache(config.cache_entries)
         self.limiter = RateLimiter(config.rate_limit_rps, config.rate_limit_burst)
         self.verifier = self._verifier(config)
-        self.auditor = RequestAuditor(p, enabled=config.audit)
+        self.auditor = RequestAuditor(
+            p, enabled=config.audit, flush_interval=config.audit_flush_ms / 1000.0
+        )
         self.log = log or sys.stderr
         self.generation: registry.Generation | None = None
         self.ready = False

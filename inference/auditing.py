@@ -2,8 +2,9 @@
 
 Requests hand their event to :meth:`RequestAuditor.add`, which only queues it in a
 :class:`pai.audit.AuditBatcher`; the batcher appends in batches, one transaction each, at most
-``FLUSH_INTERVAL_S`` after an event was queued. Daemon lifecycle events (start, reload, stop)
-go through the same queue, so the log keeps their order relative to the requests.
+``flush_interval`` seconds (``[serve] audit_flush_ms``) after an event was queued. Daemon
+lifecycle events (start, reload, stop) go through the same queue, so the log keeps their order
+relative to the requests.
 :meth:`RequestAuditor.close` writes everything still queued, so a drained daemon leaves no
 request unaudited. Events carry ids and sha256 hashes only, never input text or tokens.
 """
@@ -15,15 +16,12 @@ from typing import Any
 from pai.audit import AuditBatcher
 from pai.settings import Paths
 
-#: The longest an accepted request's audit event waits in memory before it is appended.
-FLUSH_INTERVAL_S = 0.5
-
 
 class RequestAuditor:
-    def __init__(self, p: Paths, *, enabled: bool = True) -> None:
+    def __init__(self, p: Paths, *, enabled: bool = True, flush_interval: float = 1.0) -> None:
         self.paths = p
         self.enabled = enabled
-        self._batcher = AuditBatcher(home=p, max_delay=FLUSH_INTERVAL_S) if enabled else None
+        self._batcher = AuditBatcher(home=p, max_delay=flush_interval) if enabled else None
 
     def add(
         self,
