@@ -80,6 +80,8 @@ _FLOATS = {
     "rate_limit_burst",
     "audit_flush_ms",
 }
+#: Numbers where 0 has no meaning (the audit writer needs some time to gather a batch).
+_POSITIVE = {"audit_flush_ms"}
 
 
 def _check(key: str, value: Any) -> Any:
@@ -90,6 +92,8 @@ def _check(key: str, value: Any) -> Any:
     if key in _FLOATS:
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"[serve] {key} must be a non-negative number")
+        if key in _POSITIVE and value == 0:
+            raise ConfigError(f"[serve] {key} must be greater than 0")
         return float(value)
     if key in {"allow_hs256", "auth", "audit"}:
         if not isinstance(value, bool):

@@ -351,13 +351,10 @@ class EmbeddingEngine:
             return np.zeros((0, self.dimension), dtype=np.float32), []
         full = [e.ids for e in self._counter.encode_batch(list(texts))]
         counts = [len(ids) for ids in full]
-        limit = self.max_length
-        head, tail = len(self._prefix), len(self._suffix)
-        room = limit - head - tail
-        ids = [
-            list(i) if len(i) <= limit else [*i[:head], *i[head : head + room], *i[len(i) - tail :]]
-            for i in full
-        ]
+        # Truncation keeps the leading special tokens and the content that fits, then the
+        # trailing special tokens: what the truncating tokenizer produces.
+        keep, tail = self.max_length - len(self._suffix), len(self._suffix)
+        ids = [i if len(i) <= self.max_length else i[:keep] + i[len(i) - tail :] for i in full]
         return self._embed_ids(ids), counts
 
     def embed_tokens(

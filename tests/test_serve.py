@@ -641,6 +641,9 @@ def test_serve_refuses_bad_input_with_one_line(cli, pai_home: Path, tmp_path: Pa
     config.write_text('[serve]\ndevice = "tpu"\n')
     device = cli("serve", "--config", str(config), "--bundle", str(empty))
     assert device.exit_code == 2 and "device must be auto, cpu or cuda" in device.stderr
+    config.write_text("[serve]\naudit_flush_ms = 0\n")
+    flush = cli("serve", "--config", str(config), "--bundle", str(empty))
+    assert flush.exit_code == 2 and "audit_flush_ms must be greater than 0" in flush.stderr
     config.write_text(f'[serve]\naccess_log = "{tmp_path / "no" / "such" / "access.log"}"\n')
     log = cli("serve", "--config", str(config), "--bundle", str(empty))
     assert log.exit_code == 2 and "cannot open the access log" in log.stderr
